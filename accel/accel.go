@@ -1,0 +1,315 @@
+//go:build linux
+
+// Package accel loads sockaccel's BPF programs, attaches them to the target
+// cgroup and the SOCKHASH, and pins everything in bpffs so that live
+// connections never depend on the daemon process.
+package accel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"go.uber.org/zap"
+
+	"github.com/sockaccel/sockaccel/cgroup"
+)
+
+// DefaultMaxConns is the default number of connections (both ends) the
+// SOCKHASH holds.
+const DefaultMaxConns = 65536
+
+// Pin layout below the pin dir. Maps are pinned by name at the top level.
+const (
+	linkDir       = "links"
+	progDir       = "progs"
+	sockOpsLink   = linkDir + "/sockops"
+	skMsgProgName = progDir + "/sk_msg"
+)
+
+// Config is what the daemon loads and attaches.
+type Config struct {
+	Cgroup       cgroup.Target
+	PinDir       string
+	MaxConns     uint32
+	ExcludePorts []uint16
+	ExcludeCIDRs []netip.Prefix
+}
+
+// Accelerator holds the loaded objects of a running daemon. Closing it
+// releases the daemon's handles only: pinned maps, the pinned sock_ops link
+// and the sk_msg attachment keep accelerating until Cleanup.
+type Accelerator struct {
+	cfg     Config
+	log     *zap.Logger
+	objs    accelObjects
+	sockOps link.Link
+	adopted bool
+}
+
+// New probes the kernel, loads the programs (reusing compatible pinned maps),
+// attaches sk_msg to the SOCKHASH and sock_ops to the cgroup, and pins all of
+// it. If pins from an earlier run exist they are adopted: the sock_ops link is
+// updated in place rather than attached a second time.
+//
+// On failure nothing new stays attached or pinned.
+func New(cfg Config, log *zap.Logger) (*Accelerator, error) {
+	if cfg.MaxConns == 0 {
+		return nil, errors.New("max conns must be at least 1")
+	}
+	if cfg.MaxConns > 1<<24 {
+		return nil, fmt.Errorf("max conns %d is above the supported 16777216", cfg.MaxConns)
+	}
+	if err := Probe(); err != nil {
+		return nil, err
+	}
+	if err := EnsureBPFFS(cfg.PinDir); err != nil {
+		return nil, err
+	}
+	_, statErr := os.Stat(filepath.Join(cfg.PinDir, sockOpsLink))
+	a := &Accelerator{cfg: cfg, log: log, adopted: statErr == nil}
+	if err := a.start(); err != nil {
+		a.Close()
+		if !a.adopted {
+			// Undo a fresh start completely; an adopted one keeps serving
+			// the connections it already had.
+			if cerr := Cleanup(cfg.PinDir, log); cerr != nil {
+				log.Warn("undo partial start", zap.Error(cerr))
+			}
+		}
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Accelerator) start() error {
+	spec, err := loadAccel()
+	if err != nil {
+		return fmt.Errorf("load embedded BPF object: %w", err)
+	}
+	// Two sockets per connection.
+	spec.Maps[accelMapSaSockhash].MaxEntries = 2 * a.cfg.MaxConns
+
+	if err := os.MkdirAll(a.cfg.PinDir, 0o700); err != nil {
+		return fmt.Errorf("create pin dir %s: %w", a.cfg.PinDir, err)
+	}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: a.cfg.PinDir}}
+	if err := spec.LoadAndAssign(&a.objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		switch {
+		case errors.Is(err, ebpf.ErrMapIncompatible):
+			return fmt.Errorf("%w: a pinned map in %s was created by another sockaccel version or another --max-conns; run 'sockaccel cleanup --pin-dir %s' and start again",
+				err, a.cfg.PinDir, a.cfg.PinDir)
+		case errors.As(err, &ve):
+			return fmt.Errorf("load BPF programs: %-20v", ve)
+		}
+		return fmt.Errorf("load BPF programs: %w", err)
+	}
+	if err := a.SetExclusions(a.cfg.ExcludePorts, a.cfg.ExcludeCIDRs); err != nil {
+		return err
+	}
+	if err := a.setFlags(0); err != nil {
+		return err
+	}
+	// sk_msg first: a socket inserted by sock_ops takes the SOCKHASH's
+	// programs at insertion time, so it must already be there.
+	if err := a.attachSkMsg(); err != nil {
+		return err
+	}
+	return a.attachSockOps()
+}
+
+func (a *Accelerator) attachSkMsg() error {
+	err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target:  a.objs.SaSockhash.FD(),
+		Program: a.objs.SockaccelRedirect,
+		Attach:  ebpf.AttachSkMsgVerdict,
+	})
+	if err != nil {
+		return fmt.Errorf("attach sk_msg to sockhash: %w", err)
+	}
+	// Pin the attached program so cleanup can detach exactly it.
+	path := filepath.Join(a.cfg.PinDir, skMsgProgName)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("replace pinned sk_msg program: %w", err)
+	}
+	if err := a.objs.SockaccelRedirect.Pin(path); err != nil {
+		return fmt.Errorf("pin sk_msg program: %w", err)
+	}
+	a.log.Info("attached sk_msg", zap.String("map", accelMapSaSockhash))
+	return nil
+}
+
+func (a *Accelerator) attachSockOps() error {
+	path := filepath.Join(a.cfg.PinDir, sockOpsLink)
+	want, err := cgroup.Inode(a.cfg.Cgroup.Path)
+	if err != nil {
+		return err
+	}
+	l, err := link.LoadPinnedLink(path, nil)
+	switch {
+	case err == nil:
+		got, err := linkCgroupID(l)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		if got != want {
+			l.Close()
+			return fmt.Errorf("sockaccel is already attached to another cgroup (id %d) through %s; run 'sockaccel cleanup --pin-dir %s' first",
+				got, a.cfg.PinDir, a.cfg.PinDir)
+		}
+		// Same cgroup: swap in this build's program atomically.
+		if err := l.Update(a.objs.SockaccelSockops); err != nil {
+			l.Close()
+			return fmt.Errorf("update pinned sock_ops link: %w", err)
+		}
+		a.sockOps = l
+		a.log.Info("adopted sock_ops link", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+		return nil
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("load pinned sock_ops link %s: %w", path, err)
+	}
+
+	l, err = link.AttachCgroup(link.CgroupOptions{
+		Path:    a.cfg.Cgroup.Path,
+		Attach:  ebpf.AttachCGroupSockOps,
+		Program: a.objs.SockaccelSockops,
+	})
+	if err != nil {
+		return fmt.Errorf("attach sock_ops to %s: %w", a.cfg.Cgroup.Path, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		l.Close()
+		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	if err := l.Pin(path); err != nil {
+		// Without bpf_link the attachment dies with this process, which
+		// would break the promise that restarts do not touch connections.
+		l.Close()
+		return fmt.Errorf("pin sock_ops link (needs cgroup bpf_link, Linux 5.7+): %w", err)
+	}
+	a.sockOps = l
+	a.log.Info("attached sock_ops", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+	return nil
+}
+
+func linkCgroupID(l link.Link) (uint64, error) {
+	info, err := l.Info()
+	if err != nil {
+		return 0, fmt.Errorf("sock_ops link info: %w", err)
+	}
+	cg := info.Cgroup()
+	if cg == nil {
+		return 0, errors.New("pinned sock_ops link is not a cgroup link")
+	}
+	return cg.CgroupId, nil
+}
+
+// Adopted reports whether New took over pins left by an earlier run.
+func (a *Accelerator) Adopted() bool { return a.adopted }
+
+// SetExclusions replaces the excluded ports and CIDRs. New connections see the
+// change at once; programs are not reloaded.
+func (a *Accelerator) SetExclusions(ports []uint16, cidrs []netip.Prefix) error {
+	if err := replacePorts(a.objs.SaExclPorts, ports); err != nil {
+		return fmt.Errorf("update excluded ports: %w", err)
+	}
+	if err := replaceCIDRs(a.objs.SaExclCidrs, cidrs); err != nil {
+		return fmt.Errorf("update excluded cidrs: %w", err)
+	}
+	return nil
+}
+
+func (a *Accelerator) setFlags(flags uint32) error {
+	if err := a.objs.SaConfig.Put(uint32(0), accelAccelConfig{Flags: flags}); err != nil {
+		return fmt.Errorf("write config map: %w", err)
+	}
+	return nil
+}
+
+// Close releases this process's handles. Pins keep everything running.
+func (a *Accelerator) Close() error {
+	var errs []error
+	if a.sockOps != nil {
+		// Closing a pinned link does not detach it.
+		errs = append(errs, a.sockOps.Close())
+	}
+	errs = append(errs, a.objs.Close())
+	return errors.Join(errs...)
+}
+
+func replacePorts(m *ebpf.Map, ports []uint16) error {
+	want := make(map[uint16]bool, len(ports))
+	for _, p := range ports {
+		want[p] = true
+		if err := m.Put(p, uint8(1)); err != nil {
+			return fmt.Errorf("put port %d: %w", p, err)
+		}
+	}
+	var stale []uint16
+	var key uint16
+	var val uint8
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		if !want[key] {
+			stale = append(stale, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range stale {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete port %d: %w", k, err)
+		}
+	}
+	return nil
+}
+
+func cidrKey(p netip.Prefix) accelCidrKey {
+	p = p.Masked()
+	k := accelCidrKey{Prefixlen: uint32(p.Bits())}
+	addr := p.Addr()
+	if addr.Is4() {
+		k.Prefixlen += 96
+	}
+	k.Addr = addr.As16() // As16 yields the IPv4-mapped form for IPv4
+	return k
+}
+
+func replaceCIDRs(m *ebpf.Map, cidrs []netip.Prefix) error {
+	want := make(map[accelCidrKey]bool, len(cidrs))
+	for _, p := range cidrs {
+		k := cidrKey(p)
+		want[k] = true
+		if err := m.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("put cidr %s: %w", p, err)
+		}
+	}
+	var stale []accelCidrKey
+	var key accelCidrKey
+	var val uint8
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		if !want[key] {
+			stale = append(stale, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range stale {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete cidr: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,50 @@
+//go:build linux
+
+package accel
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+)
+
+// Probe checks every kernel feature sockaccel relies on and names the first
+// one missing.
+func Probe() error {
+	checks := []struct {
+		what  string
+		since string
+		probe func() error
+	}{
+		{"SOCKHASH maps", "4.18", func() error { return features.HaveMapType(ebpf.SockHash) }},
+		{"socket-local storage maps", "5.2", func() error { return features.HaveMapType(ebpf.SkStorage) }},
+		{"LPM trie maps", "4.11", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
+		{"sock_ops programs", "4.13", func() error { return features.HaveProgramType(ebpf.SockOps) }},
+		{"sk_msg programs", "4.17", func() error { return features.HaveProgramType(ebpf.SkMsg) }},
+		{"bpf_sock_hash_update in sock_ops", "4.18", func() error {
+			return features.HaveProgramHelper(ebpf.SockOps, asm.FnSockHashUpdate)
+		}},
+		{"bpf_sk_storage_get in sock_ops", "5.3", func() error {
+			return features.HaveProgramHelper(ebpf.SockOps, asm.FnSkStorageGet)
+		}},
+		{"bpf_sk_storage_get in sk_msg", "5.12", func() error {
+			return features.HaveProgramHelper(ebpf.SkMsg, asm.FnSkStorageGet)
+		}},
+		{"bpf_msg_redirect_hash", "4.18", func() error {
+			return features.HaveProgramHelper(ebpf.SkMsg, asm.FnMsgRedirectHash)
+		}},
+	}
+	for _, c := range checks {
+		err := c.probe()
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("kernel lacks %s (needs Linux %s or later)", c.what, c.since)
+		}
+		if err != nil {
+			return fmt.Errorf("probe %s: %w", c.what, err)
+		}
+	}
+	return nil
+}

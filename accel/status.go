@@ -1,0 +1,149 @@
+//go:build linux
+
+package accel
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/sockaccel/sockaccel/cgroup"
+)
+
+// Status is what the pinned objects say, read without a running daemon.
+// JSON keys are a contract with scripts: add, never rename.
+type Status struct {
+	PinDir          string `json:"pin_dir"`
+	Attached        bool   `json:"attached"`
+	Cgroup          string `json:"cgroup"`
+	CgroupID        uint64 `json:"cgroup_id"`
+	SockhashEntries uint64 `json:"sockhash_entries"`
+	MaxConns        uint32 `json:"max_conns"`
+	Stats
+}
+
+// Stats are the BPF counters summed over CPUs.
+type Stats struct {
+	Established     uint64 `json:"established"`
+	Inserted        uint64 `json:"inserted"`
+	MapFull         uint64 `json:"map_full"`
+	InsertErrors    uint64 `json:"insert_errors"`
+	ExcludedPort    uint64 `json:"excluded_port"`
+	ExcludedCIDR    uint64 `json:"excluded_cidr"`
+	EarlyData       uint64 `json:"early_data"`
+	StorageErrors   uint64 `json:"storage_errors"`
+	Disabled        uint64 `json:"disabled"`
+	RedirectedMsgs  uint64 `json:"redirected_msgs"`
+	RedirectedBytes uint64 `json:"redirected_bytes"`
+	PassedMsgs      uint64 `json:"passed_msgs"`
+	PassedBytes     uint64 `json:"passed_bytes"`
+	RedirectErrors  uint64 `json:"redirect_errors"`
+}
+
+// ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
+// attached=false and zero counters.
+func ReadStatus(pinDir string) (Status, error) {
+	s := Status{PinDir: pinDir}
+	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if l, err := link.LoadPinnedLink(filepath.Join(pinDir, sockOpsLink), nil); err == nil {
+		id, err := linkCgroupID(l)
+		l.Close()
+		if err != nil {
+			return s, err
+		}
+		// A detached cgroup link reports cgroup id 0.
+		s.Attached = id != 0
+		s.CgroupID = id
+		if id != 0 {
+			if root, err := cgroup.V2Root(); err == nil {
+				if p, err := cgroup.PathByID(root, id); err == nil {
+					s.Cgroup = p
+				}
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("load pinned sock_ops link: %w", err)
+	}
+
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaSockhash), nil); err == nil {
+		defer m.Close()
+		s.MaxConns = m.MaxEntries() / 2
+		n, err := countKeys(m)
+		if err != nil {
+			return s, fmt.Errorf("count sockhash entries: %w", err)
+		}
+		s.SockhashEntries = n
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("load pinned sockhash: %w", err)
+	}
+
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaStats), nil); err == nil {
+		defer m.Close()
+		st, err := readStats(m)
+		if err != nil {
+			return s, err
+		}
+		s.Stats = st
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("load pinned stats: %w", err)
+	}
+	return s, nil
+}
+
+// Stats reads the running daemon's counters.
+func (a *Accelerator) Stats() (Stats, error) { return readStats(a.objs.SaStats) }
+
+func readStats(m *ebpf.Map) (Stats, error) {
+	var perCPU []accelAccelStats
+	if err := m.Lookup(uint32(0), &perCPU); err != nil {
+		return Stats{}, fmt.Errorf("read stats: %w", err)
+	}
+	var s Stats
+	for _, c := range perCPU {
+		s.Established += c.Established
+		s.Inserted += c.Inserted
+		s.MapFull += c.MapFull
+		s.InsertErrors += c.InsertErrors
+		s.ExcludedPort += c.ExcludedPort
+		s.ExcludedCIDR += c.ExcludedCidr
+		s.EarlyData += c.EarlyData
+		s.StorageErrors += c.StorageErrors
+		s.Disabled += c.Disabled
+		s.RedirectedMsgs += c.RedirectedMsgs
+		s.RedirectedBytes += c.RedirectedBytes
+		s.PassedMsgs += c.PassedMsgs
+		s.PassedBytes += c.PassedBytes
+		s.RedirectErrors += c.RedirectErrors
+	}
+	return s, nil
+}
+
+// SockhashEntries counts the sockets currently in the SOCKHASH.
+func (a *Accelerator) SockhashEntries() (uint64, error) { return countKeys(a.objs.SaSockhash) }
+
+func countKeys(m *ebpf.Map) (uint64, error) {
+	var n uint64
+	key := make([]byte, m.KeySize())
+	next := make([]byte, m.KeySize())
+	var cur any // nil: start from the first key
+	// A key deleted under us restarts the walk; the cap keeps that finite.
+	for limit := uint64(m.MaxEntries()) * 2; n < limit; {
+		err := m.NextKey(cur, next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		n++
+		copy(key, next)
+		cur = key
+	}
+	return n, nil
+}

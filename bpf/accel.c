@@ -1,0 +1,265 @@
+//go:build ignore
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* sockaccel: same-host TCP short-circuit.
+ *
+ * sock_ops (on the target cgroup) puts each established TCP socket in a
+ * SOCKHASH under a key both ends of the connection agree on; sk_msg (on that
+ * SOCKHASH) moves each sendmsg straight into the peer's receive queue when the
+ * peer is in the map too, and otherwise leaves it to TCP. Nothing here ever
+ * fails a send or removes a socket from the SOCKHASH: the kernel unlinks a
+ * socket when its application closes it, and unlinking any earlier would free
+ * redirected bytes the application has not read yet. */
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "accel.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define E2BIG 7
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+/* Keep the flag enums in BTF so bpf2go emits them for the Go side. */
+const enum config_flags *unused_config_flags __attribute__((unused));
+const enum sock_flags *unused_sock_flags __attribute__((unused));
+
+/* Both ends of every accelerated connection. Sized at load time from
+ * --max-conns; pinned so live connections outlive the daemon. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 131072);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_sockhash SEC(".maps");
+
+/* Per-socket pairing state; lives and dies with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_sock_state SEC(".maps");
+
+/* Single entry: runtime switches (struct accel_config). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct accel_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_config SEC(".maps");
+
+/* Ports (host byte order) whose connections are never accelerated. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u16);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_excl_ports SEC(".maps");
+
+/* Networks whose connections are never accelerated, IPv4-mapped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1024);
+	__type(key, struct cidr_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_excl_cidrs SEC(".maps");
+
+/* Counters (struct accel_stats), one copy per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct accel_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_stats SEC(".maps");
+
+static __always_inline struct accel_stats *stats(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&sa_stats, &zero);
+}
+
+static __always_inline __u32 config_flags(void)
+{
+	__u32 zero = 0;
+	struct accel_config *cfg = bpf_map_lookup_elem(&sa_config, &zero);
+
+	return cfg ? cfg->flags : 0;
+}
+
+static __always_inline void ipv4_mapped(__u32 dst[4], __u32 addr)
+{
+	dst[0] = 0;
+	dst[1] = 0;
+	dst[2] = bpf_htonl(0x0000ffff);
+	dst[3] = addr;
+}
+
+static __always_inline int port_excluded(__u16 port_host)
+{
+	return bpf_map_lookup_elem(&sa_excl_ports, &port_host) != NULL;
+}
+
+static __always_inline int addr_excluded(const __u32 addr[4])
+{
+	struct cidr_key k = { .prefixlen = 128 };
+
+	__builtin_memcpy(k.addr, addr, sizeof(k.addr));
+	return bpf_map_lookup_elem(&sa_excl_cidrs, &k) != NULL;
+}
+
+static __always_inline void track_established(struct bpf_sock_ops *skops)
+{
+	struct accel_stats *st = stats();
+	struct sock_state *state;
+	struct sock_key key = {};
+	__u32 family = skops->family;
+	struct bpf_sock *sk;
+	long err;
+
+	if (!st)
+		return;
+	if (family != AF_INET && family != AF_INET6)
+		return;
+	__sync_fetch_and_add(&st->established, 1);
+
+	if (config_flags() & CONFIG_F_NO_NEW) {
+		__sync_fetch_and_add(&st->disabled, 1);
+		return;
+	}
+	/* Bytes that moved before establishment (TCP Fast Open) went through
+	 * TCP and are not covered by our ordering rule, and they shift the
+	 * sequence numbers the key is built from. */
+	if (skops->data_segs_out || skops->data_segs_in) {
+		__sync_fetch_and_add(&st->early_data, 1);
+		return;
+	}
+
+	if (family == AF_INET) {
+		/* Separate loads: the verifier rejects a ctx pointer the
+		 * compiler offsets once and shares between two reads. */
+		__u32 local4 = skops->local_ip4;
+		__u32 remote4 = skops->remote_ip4;
+
+		barrier_var(local4);
+		barrier_var(remote4);
+		ipv4_mapped(key.local_ip, local4);
+		ipv4_mapped(key.remote_ip, remote4);
+	} else {
+		key.local_ip[0] = skops->local_ip6[0];
+		key.local_ip[1] = skops->local_ip6[1];
+		key.local_ip[2] = skops->local_ip6[2];
+		key.local_ip[3] = skops->local_ip6[3];
+		key.remote_ip[0] = skops->remote_ip6[0];
+		key.remote_ip[1] = skops->remote_ip6[1];
+		key.remote_ip[2] = skops->remote_ip6[2];
+		key.remote_ip[3] = skops->remote_ip6[3];
+	}
+	/* local_port is host order; remote_port carries the network-order port
+	 * in its upper 16 bits. */
+	key.local_port = bpf_htons((__u16)skops->local_port);
+	key.remote_port = (__u16)(skops->remote_port >> 16);
+
+	if (port_excluded((__u16)skops->local_port) ||
+	    port_excluded(bpf_ntohs(key.remote_port))) {
+		__sync_fetch_and_add(&st->excluded_port, 1);
+		return;
+	}
+	if (addr_excluded(key.local_ip) || addr_excluded(key.remote_ip)) {
+		__sync_fetch_and_add(&st->excluded_cidr, 1);
+		return;
+	}
+
+	/* With no payload exchanged yet, snd_nxt is our ISN + 1 and rcv_nxt
+	 * the peer's ISN + 1, on the client at ACTIVE_ESTABLISHED and on the
+	 * server at PASSIVE_ESTABLISHED alike. */
+	key.local_isn = skops->snd_nxt - 1;
+	key.remote_isn = skops->rcv_nxt - 1;
+
+	sk = skops->sk;
+	if (!sk) {
+		__sync_fetch_and_add(&st->storage_errors, 1);
+		return;
+	}
+	state = bpf_sk_storage_get(&sa_sock_state, sk, 0,
+				   BPF_SK_STORAGE_GET_F_CREATE);
+	if (!state) {
+		__sync_fetch_and_add(&st->storage_errors, 1);
+		return;
+	}
+	__builtin_memcpy(state->peer.local_ip, key.remote_ip, sizeof(key.remote_ip));
+	__builtin_memcpy(state->peer.remote_ip, key.local_ip, sizeof(key.local_ip));
+	state->peer.local_isn = key.remote_isn;
+	state->peer.remote_isn = key.local_isn;
+	state->peer.local_port = key.remote_port;
+	state->peer.remote_port = key.local_port;
+	state->flags = 0;
+
+	err = bpf_sock_hash_update(skops, &sa_sockhash, &key, BPF_NOEXIST);
+	if (err == -E2BIG)
+		__sync_fetch_and_add(&st->map_full, 1);
+	else if (err)
+		__sync_fetch_and_add(&st->insert_errors, 1);
+	else
+		__sync_fetch_and_add(&st->inserted, 1);
+}
+
+SEC("sockops")
+int sockaccel_sockops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		track_established(skops);
+		break;
+	}
+	/* Other sock_ops programs on this or a parent cgroup decide replies;
+	 * we have nothing to say about any of them. */
+	return 1;
+}
+
+SEC("sk_msg")
+int sockaccel_redirect(struct sk_msg_md *msg)
+{
+	struct accel_stats *st = stats();
+	struct sock_state *state;
+	struct bpf_sock *sk = msg->sk;
+	__u64 size = msg->size;
+
+	if (!st || !sk)
+		return SK_PASS;
+
+	state = bpf_sk_storage_get(&sa_sock_state, sk, 0, 0);
+	if (state && !(state->flags & SOCK_F_TCP_PATH) &&
+	    !(config_flags() & CONFIG_F_NO_REDIRECT)) {
+		if (bpf_msg_redirect_hash(msg, &sa_sockhash, &state->peer,
+					  BPF_F_INGRESS) == SK_PASS) {
+			state->flags |= SOCK_F_REDIRECTED;
+			state->redirected_msgs++;
+			state->redirected_bytes += size;
+			st->redirected_msgs++;
+			st->redirected_bytes += size;
+			return SK_PASS;
+		}
+		/* The helper refused: the peer is not in the map (not yet
+		 * established, outside scope, or gone). */
+		if (state->flags & SOCK_F_REDIRECTED)
+			st->redirect_errors++;
+	}
+	/* From here on this direction stays on TCP (see SOCK_F_TCP_PATH). */
+	if (state && size)
+		state->flags |= SOCK_F_TCP_PATH;
+	st->passed_msgs++;
+	st->passed_bytes += size;
+	return SK_PASS;
+}

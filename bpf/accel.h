@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* Types shared by the BPF programs and, through bpf2go, the Go loader.
+ * Every struct is laid out without implicit padding so the Go mirror and the
+ * map key bytes are identical on both sides. */
+#ifndef SOCKACCEL_ACCEL_H
+#define SOCKACCEL_ACCEL_H
+
+#include <linux/types.h>
+
+/* Identifies one end of one TCP connection, host-wide.
+ *
+ * The 4-tuple alone is not unique on a host: two network namespaces can hold
+ * sockets with identical addresses and ports at the same time. What both ends
+ * of one connection agree on, and nobody else does, is the pair of initial
+ * sequence numbers exchanged in the handshake. The kernel derives each ISN
+ * from a keyed hash of the tuple plus a 64 ns clock, so two connections with
+ * the same tuple get the same pair only if both SYNs and both SYN-ACKs are
+ * generated within the same 64 ns; a colliding insert is refused (NOEXIST),
+ * counted, and that connection simply stays on the TCP path.
+ *
+ * IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d) so that an AF_INET
+ * client pairs with a dual-stack AF_INET6 server socket. */
+struct sock_key {
+	__u32 local_ip[4];
+	__u32 remote_ip[4];
+	__u32 local_isn;
+	__u32 remote_isn;
+	__u16 local_port;  /* network byte order */
+	__u16 remote_port; /* network byte order */
+};
+
+/* Per-socket state in socket-local storage: found from the socket itself in
+ * O(1) on every sendmsg, freed by the kernel with the socket. */
+struct sock_state {
+	struct sock_key peer; /* key of the other end, precomputed at establish */
+	__u32 flags;          /* SOCK_F_* */
+	__u64 redirected_msgs;
+	__u64 redirected_bytes;
+};
+
+enum sock_flags {
+	/* This socket has sent bytes through the TCP stack. Redirected bytes
+	 * must never overtake them in the peer's receive order, and the
+	 * receiver reads its redirect queue before its TCP queue, so this
+	 * direction stays on TCP for good. */
+	SOCK_F_TCP_PATH = 1 << 0,
+	/* At least one message of this socket was redirected. */
+	SOCK_F_REDIRECTED = 1 << 1,
+};
+
+/* Runtime switches the daemon flips without reloading programs. */
+struct accel_config {
+	__u32 flags; /* CONFIG_F_* */
+	__u32 _pad;
+};
+
+enum config_flags {
+	/* Stop putting new connections in the sockhash (teardown, step one). */
+	CONFIG_F_NO_NEW = 1 << 0,
+	/* Stop redirecting: every send takes the TCP path from now on. */
+	CONFIG_F_NO_REDIRECT = 1 << 1,
+};
+
+/* Key of the excluded-CIDR LPM trie: prefix length over the IPv4-mapped
+ * 128-bit address (an IPv4 /8 is stored as /104). */
+struct cidr_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* Counters, one copy per CPU, summed by user space. Append only: the order is
+ * the pinned map's layout. */
+struct accel_stats {
+	__u64 established;      /* established sockets seen in scope */
+	__u64 inserted;         /* sockets put in the sockhash */
+	__u64 map_full;         /* not accelerated: sockhash at capacity */
+	__u64 insert_errors;    /* not accelerated: other insert failures */
+	__u64 excluded_port;    /* not accelerated: excluded port */
+	__u64 excluded_cidr;    /* not accelerated: excluded CIDR */
+	__u64 early_data;       /* not accelerated: data moved before establish (TFO) */
+	__u64 storage_errors;   /* not accelerated: no socket storage */
+	__u64 disabled;         /* not accelerated: daemon stopped new entries */
+	__u64 redirected_msgs;  /* sendmsg calls redirected to the peer */
+	__u64 redirected_bytes;
+	__u64 passed_msgs;      /* sendmsg calls left on the TCP path */
+	__u64 passed_bytes;
+	__u64 redirect_errors;  /* peer vanished from the sockhash after pairing */
+};
+
+#endif

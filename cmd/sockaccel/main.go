@@ -1,0 +1,69 @@
+// Command sockaccel accelerates TCP between sockets on the same host by
+// redirecting each send straight into the peer socket with eBPF.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+const usage = `usage: sockaccel <command> [flags]
+
+commands:
+  run       attach to a cgroup and accelerate until SIGINT/SIGTERM
+  status    show what is attached and the counters (--json for scripts)
+  cleanup   detach and unpin everything sockaccel owns
+  version   print the version
+Run 'sockaccel <command> -h' for the flags of a command.`
+
+func run(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = runDaemon(args[1:])
+	case "status":
+		err = runStatus(args[1:])
+	case "cleanup":
+		err = runCleanup(args[1:])
+	case "version", "--version", "-version":
+		fmt.Println("sockaccel", version)
+	case "help", "-h", "--help":
+		fmt.Println(usage)
+	default:
+		err = usageError{fmt.Errorf("unknown command %q (want run, status, cleanup or version)", args[0])}
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	default:
+		// One line, naming the problem: scripts and journald read it.
+		fmt.Fprintf(os.Stderr, "sockaccel %s: %s\n", args[0], oneLine(err.Error()))
+		if errors.As(err, new(usageError)) {
+			return 2
+		}
+		return 1
+	}
+}
+
+func oneLine(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c == '\n' || c == '\r' {
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}

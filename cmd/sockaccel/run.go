@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os/signal"
+	"syscall"
+
+	"github.com/cilium/ebpf/rlimit"
+	"go.uber.org/zap"
+
+	"github.com/sockaccel/sockaccel/accel"
+	"github.com/sockaccel/sockaccel/cgroup"
+)
+
+func runDaemon(args []string) error {
+	fs := newFlagSet("run")
+	cgroupPath := fs.String("cgroup", "", "cgroup v2 to accelerate: absolute path or relative to the v2 root (default: the v2 root)")
+	pinDir := fs.String("pin-dir", accel.DefaultPinDir, "bpffs directory for pinned maps, programs and links")
+	maxConns := fs.Uint("max-conns", accel.DefaultMaxConns, "connections the sockhash holds (two sockets each); beyond it connections are not accelerated")
+	excludePorts := fs.String("exclude-ports", "", "comma-separated ports never accelerated (either end)")
+	excludeCIDRs := fs.String("exclude-cidrs", "", "comma-separated networks never accelerated (either end)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "", "console, json or journal (default: journal under systemd, else console)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+
+	// Validate everything before touching the kernel, so bad input leaves
+	// nothing behind.
+	log, err := newLogger(*logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	defer log.Sync() //nolint:errcheck // stderr sync fails on pipes
+	ports, err := parsePorts(*excludePorts)
+	if err != nil {
+		return err
+	}
+	cidrs, err := parseCIDRs(*excludeCIDRs)
+	if err != nil {
+		return err
+	}
+	if *maxConns == 0 || *maxConns > 1<<24 {
+		return fmt.Errorf("invalid --max-conns %d (want 1-16777216)", *maxConns)
+	}
+	target, err := cgroup.Resolve(*cgroupPath)
+	if err != nil {
+		return err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("remove memlock limit: %w", err)
+	}
+
+	a, err := accel.New(accel.Config{
+		Cgroup:       target,
+		PinDir:       *pinDir,
+		MaxConns:     uint32(*maxConns),
+		ExcludePorts: ports,
+		ExcludeCIDRs: cidrs,
+	}, log.Named("accel"))
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	log.Info("accelerating",
+		zap.String("cgroup", target.Path),
+		zap.String("pin_dir", *pinDir),
+		zap.Uint("max_conns", *maxConns),
+		zap.Uint16s("exclude_ports", ports),
+		zap.Stringers("exclude_cidrs", cidrs),
+		zap.Bool("adopted", a.Adopted()),
+		zap.String("version", version))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	log.Info("stopping; pinned programs keep accelerating until 'sockaccel cleanup'")
+	return nil
+}
