@@ -16,7 +16,7 @@ LDFLAGS := -X main.version=$(VERSION)
 all: generate build
 
 generate:
-	cd accel && $(GO) generate ./...
+	$(GO) generate ./accel/...
 
 check-generate: generate
 	git diff --exit-code -- accel/ || { echo "generated BPF bindings are stale: run make generate and commit" >&2; exit 1; }

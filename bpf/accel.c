@@ -137,10 +137,10 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		__sync_fetch_and_add(&st->disabled, 1);
 		return;
 	}
-	/* Bytes that moved before establishment (TCP Fast Open) went through
-	 * TCP and are not covered by our ordering rule, and they shift the
-	 * sequence numbers the key is built from. */
-	if (skops->data_segs_out || skops->data_segs_in) {
+	/* Bytes this socket sent before establishment (TCP Fast Open) went
+	 * through TCP outside our ordering rule and shift the sequence number
+	 * the key is built from. */
+	if (skops->data_segs_out) {
 		__sync_fetch_and_add(&st->early_data, 1);
 		return;
 	}
@@ -180,11 +180,11 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		return;
 	}
 
-	/* With no payload exchanged yet, snd_nxt is our ISN + 1 and rcv_nxt
-	 * the peer's ISN + 1, on the client at ACTIVE_ESTABLISHED and on the
-	 * server at PASSIVE_ESTABLISHED alike. */
+	/* Having sent nothing yet, snd_nxt is our ISN + 1. The peer may
+	 * already have sent data (its first segment can complete the
+	 * handshake), so its ISN is rcv_nxt less what we received, less 1. */
 	key.local_isn = skops->snd_nxt - 1;
-	key.remote_isn = skops->rcv_nxt - 1;
+	key.remote_isn = skops->rcv_nxt - (__u32)skops->bytes_received - 1;
 
 	sk = skops->sk;
 	if (!sk) {

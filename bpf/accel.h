@@ -77,12 +77,15 @@ struct accel_stats {
 	__u64 insert_errors;    /* not accelerated: other insert failures */
 	__u64 excluded_port;    /* not accelerated: excluded port */
 	__u64 excluded_cidr;    /* not accelerated: excluded CIDR */
-	__u64 early_data;       /* not accelerated: data moved before establish (TFO) */
+	__u64 early_data;       /* not accelerated: sent data before establish (TFO) */
 	__u64 storage_errors;   /* not accelerated: no socket storage */
 	__u64 disabled;         /* not accelerated: daemon stopped new entries */
 	__u64 redirected_msgs;  /* sendmsg calls redirected to the peer */
 	__u64 redirected_bytes;
-	__u64 passed_msgs;      /* sendmsg calls left on the TCP path */
+	/* sendmsg verdicts left on the TCP path. After a TCP push fails (e.g.
+	 * EAGAIN) the kernel reuses the PASS verdict for the next send without
+	 * running the program, so these can under-count. */
+	__u64 passed_msgs;
 	__u64 passed_bytes;
 	__u64 redirect_errors;  /* peer vanished from the sockhash after pairing */
 };
