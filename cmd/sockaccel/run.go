@@ -48,6 +48,11 @@ func runDaemon(args []string) error {
 	if err != nil {
 		return err
 	}
+	// Catch signals before attaching, so a stop request during start-up
+	// still runs the orderly shutdown below.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("remove memlock limit: %w", err)
 	}
@@ -72,8 +77,6 @@ func runDaemon(args []string) error {
 		zap.Bool("adopted", a.Adopted()),
 		zap.String("version", version))
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	<-ctx.Done()
 	log.Info("stopping; pinned programs keep accelerating until 'sockaccel cleanup'")
 	return nil

@@ -1,0 +1,288 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/sockaccel/sockaccel/accel/testenv"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sockaccel-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "sockaccel")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		os.Stderr.Write(out)
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func sockaccel(t *testing.T, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("run sockaccel %v: %v", args, err)
+	}
+	return result{cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()}
+}
+
+func sockOpsPrograms(t *testing.T, cgroupPath string) int {
+	t.Helper()
+	f, err := os.Open(cgroupPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupSockOps})
+	if err != nil {
+		t.Fatalf("query sock_ops on %s: %v", cgroupPath, err)
+	}
+	return len(res.Programs)
+}
+
+func TestVersion(t *testing.T) {
+	r := sockaccel(t, "version")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "sockaccel ") {
+		t.Errorf("version: exit %d, stdout %q", r.code, r.stdout)
+	}
+}
+
+// Every bad input gives one line on stderr naming the problem, a non-zero
+// exit, and leaves nothing attached or pinned.
+func TestBadInput(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.TempCgroup(t)
+	pin := testenv.TempPinDir(t)
+	notBPFFS := t.TempDir()
+	v1 := "/sys/fs/cgroup/cpu"
+	if _, err := os.Stat(filepath.Join(v1, "cgroup.procs")); err != nil {
+		// This machine (and CI) runs hybrid mode with v1 controllers.
+		t.Fatalf("no cgroup v1 hierarchy at %s to test against: %v", v1, err)
+	}
+
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing cgroup", []string{"--cgroup", "no-such-cgroup-here"}, "does not exist"},
+		{"cgroup v1 path", []string{"--cgroup", v1}, "cgroup v1"},
+		{"invalid cidr", []string{"--cgroup", cg.Path, "--exclude-cidrs", "10.0.0.0/33"}, "invalid CIDR"},
+		{"invalid cidr text", []string{"--cgroup", cg.Path, "--exclude-cidrs", "10.0.0.0/8,banana"}, "invalid CIDR"},
+		{"invalid port", []string{"--cgroup", cg.Path, "--exclude-ports", "22,70000"}, "invalid port"},
+		{"pin dir not on bpffs", []string{"--cgroup", cg.Path, "--pin-dir", notBPFFS}, "not on a bpf filesystem"},
+		{"bad flag", []string{"--cgroup", cg.Path, "--frobnicate"}, "flag provided but not defined"},
+		{"bad max conns", []string{"--cgroup", cg.Path, "--max-conns", "0"}, "invalid --max-conns"},
+		{"bad log format", []string{"--cgroup", cg.Path, "--log-format", "xml"}, "invalid --log-format"},
+		{"bad log level", []string{"--cgroup", cg.Path, "--log-level", "loud"}, "invalid --log-level"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"run"}, c.args...)
+			if !strings.Contains(strings.Join(c.args, " "), "--pin-dir") {
+				args = append(args, "--pin-dir", pin)
+			}
+			r := sockaccel(t, args...)
+			if r.code == 0 {
+				t.Fatalf("exit 0 for bad input; stderr %q", r.stderr)
+			}
+			lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
+			if len(lines) != 1 {
+				t.Errorf("want one line on stderr, got %d: %q", len(lines), r.stderr)
+			}
+			if !strings.Contains(r.stderr, c.want) {
+				t.Errorf("stderr %q does not name the problem (%q)", r.stderr, c.want)
+			}
+			if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("pin dir %s left behind (err %v)", pin, err)
+			}
+			if n := sockOpsPrograms(t, cg.Path); n != 0 {
+				t.Errorf("%d sock_ops programs left attached", n)
+			}
+		})
+	}
+	if r := sockaccel(t, "frobnicate"); r.code == 0 || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("unknown command: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// The status --json keys scripts rely on.
+var statusKeys = []string{"attached", "cgroup", "sockhash_entries", "max_conns", "redirected_msgs",
+	"redirected_bytes", "passed_msgs", "redirect_errors", "map_full"}
+
+func status(t *testing.T, pin string) map[string]any {
+	t.Helper()
+	r := sockaccel(t, "status", "--json", "--pin-dir", pin)
+	if r.code != 0 {
+		t.Fatalf("status: exit %d: %s", r.code, r.stderr)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &m); err != nil {
+		t.Fatalf("status --json: %v: %s", err, r.stdout)
+	}
+	for _, k := range statusKeys {
+		if _, ok := m[k]; !ok {
+			t.Errorf("status --json lacks key %q", k)
+		}
+	}
+	return m
+}
+
+// syncBuffer is a bytes.Buffer safe for the daemon's writes and our reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type daemon struct {
+	*exec.Cmd
+	log *syncBuffer
+}
+
+// startDaemon runs "sockaccel run" and waits until it reports that it is
+// accelerating.
+func startDaemon(t *testing.T, args ...string) daemon {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"run", "--log-format", "json"}, args...)...)
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", stderr.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stderr.String(), `"msg":"accelerating"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not ready within 30s; log:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return daemon{cmd, stderr}
+}
+
+// The daemon's whole life through the CLI: run, status, kill -9 with live
+// connections, restart (adopting the pins), SIGTERM, cleanup twice.
+func TestDaemonLifecycle(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.TempCgroup(t)
+	pin := testenv.TempPinDir(t)
+	ns := testenv.NewNetns(t)
+	in := testenv.Endpoint{Netns: ns, Cgroup: &cg}
+
+	d := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin, "--max-conns", "128")
+	st := status(t, pin)
+	if st["cgroup"] != cg.Path || st["max_conns"] != float64(128) {
+		t.Errorf("status cgroup %v max_conns %v, want %s 128", st["cgroup"], st["max_conns"], cg.Path)
+	}
+
+	ln := in.Listen(t, "tcp4", "127.0.0.1:9001")
+	pairs := testenv.Connect(t, in, ln, "tcp4", "127.0.0.1:9001", 4)
+	if got := status(t, pin)["sockhash_entries"]; got != float64(8) {
+		t.Errorf("sockhash_entries %v with 4 open connections, want 8", got)
+	}
+
+	// kill -9: pins keep the live connections accelerated.
+	if err := d.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.Wait()
+	before := status(t, pin)
+	if before["attached"] != true {
+		t.Fatal("not attached after the daemon was killed")
+	}
+	testenv.ExchangeAll(t, pairs[:2], 4<<20, 4<<20, 1)
+	during := status(t, pin)
+	if during["redirected_bytes"].(float64)-before["redirected_bytes"].(float64) < 16<<20 {
+		t.Errorf("connections were not redirected while the daemon was down: %v -> %v", before["redirected_bytes"], during["redirected_bytes"])
+	}
+
+	// Restart adopts: one sock_ops attachment, counters continue.
+	d2 := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin, "--max-conns", "128")
+	if !strings.Contains(d2.log.String(), `"adopted":true`) {
+		t.Error("restarted daemon did not report adopting the pins")
+	}
+	if n := sockOpsPrograms(t, cg.Path); n != 1 {
+		t.Errorf("%d sock_ops programs after restart, want 1", n)
+	}
+	testenv.ExchangeAll(t, pairs[2:], 4<<20, 4<<20, 2)
+	after := status(t, pin)
+	if after["redirected_bytes"].(float64)-during["redirected_bytes"].(float64) < 16<<20 {
+		t.Errorf("counters did not keep counting after restart: %v -> %v", during["redirected_bytes"], after["redirected_bytes"])
+	}
+
+	if err := d2.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Wait(); err != nil {
+		t.Errorf("daemon exit on SIGTERM: %v", err)
+	}
+	if status(t, pin)["attached"] != true {
+		t.Error("SIGTERM detached: stopping the daemon must leave acceleration in place")
+	}
+
+	for i := range 2 {
+		if r := sockaccel(t, "cleanup", "--pin-dir", pin); r.code != 0 {
+			t.Fatalf("cleanup #%d: exit %d: %s", i+1, r.code, r.stderr)
+		}
+	}
+	if st := status(t, pin); st["attached"] != false {
+		t.Errorf("attached after cleanup: %v", st)
+	}
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin dir %s still exists after cleanup", pin)
+	}
+	if n := sockOpsPrograms(t, cg.Path); n != 0 {
+		t.Errorf("%d sock_ops programs after cleanup", n)
+	}
+}
