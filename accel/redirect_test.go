@@ -94,7 +94,7 @@ func TestRedirectIntegrityAcrossVeth(t *testing.T) {
 	// Dual-stack listener: IPv4 clients pair with an AF_INET6 socket.
 	ln := n.in(tc.server).Listen(t, "tcp", "[::]:7001")
 
-	const rounds, conns, each = 10, 8, 2 * mib
+	const rounds, conns, each = 25, 8, 2 * mib
 	var payload int64
 	wireBefore := tc.wireBytes(t)
 	for r := 0; r < rounds; r++ {
@@ -125,7 +125,7 @@ func TestRedirectIntegrityLoopback(t *testing.T) {
 	ns := testenv.NewNetns(t)
 	ln := n.in(ns).Listen(t, "tcp", "[::]:7002")
 
-	const rounds, conns, each = 6, 8, 2 * mib
+	const rounds, conns, each = 15, 8, 2 * mib
 	var payload int64
 	for r := 0; r < rounds; r++ {
 		network, addr := "tcp4", "127.0.0.1:7002"
