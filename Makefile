@@ -4,7 +4,7 @@ CLANG ?= clang-16
 LLVM_STRIP ?= llvm-strip-16
 export BPF2GO_CC := $(CLANG)
 export BPF2GO_STRIP := $(LLVM_STRIP)
-export BPF2GO_CFLAGS := -O2 -g -Wall -Werror
+export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -mcpu=v3
 
 GO ?= go
 BIN := bin/sockaccel

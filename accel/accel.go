@@ -6,11 +6,14 @@
 package accel
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -38,6 +41,9 @@ type Config struct {
 	MaxConns     uint32
 	ExcludePorts []uint16
 	ExcludeCIDRs []netip.Prefix
+	// DisableConntrack turns connection tracking, the close callback and
+	// the GC off (--conntrack=false).
+	DisableConntrack bool
 }
 
 // Accelerator holds the loaded objects of a running daemon. Closing it
@@ -49,6 +55,8 @@ type Accelerator struct {
 	objs    accelObjects
 	sockOps link.Link
 	adopted bool
+	gcOnce  sync.Once
+	gcState *gc
 }
 
 // New probes the kernel, loads the programs (reusing compatible pinned maps),
@@ -91,8 +99,9 @@ func (a *Accelerator) start() error {
 	if err != nil {
 		return fmt.Errorf("load embedded BPF object: %w", err)
 	}
-	// Two sockets per connection.
+	// Two sockets per connection, one conntrack entry.
 	spec.Maps[accelMapSaSockhash].MaxEntries = 2 * a.cfg.MaxConns
+	spec.Maps[accelMapSaConntrack].MaxEntries = a.cfg.MaxConns
 
 	if err := os.MkdirAll(a.cfg.PinDir, 0o700); err != nil {
 		return fmt.Errorf("create pin dir %s: %w", a.cfg.PinDir, err)
@@ -112,7 +121,11 @@ func (a *Accelerator) start() error {
 	if err := a.SetExclusions(a.cfg.ExcludePorts, a.cfg.ExcludeCIDRs); err != nil {
 		return err
 	}
-	if err := a.setFlags(0); err != nil {
+	var flags uint32
+	if a.cfg.DisableConntrack {
+		flags |= uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK)
+	}
+	if err := a.setFlags(flags); err != nil {
 		return err
 	}
 	// sk_msg first: a socket inserted by sock_ops takes the SOCKHASH's
@@ -211,6 +224,40 @@ func linkCgroupID(l link.Link) (uint64, error) {
 		return 0, errors.New("pinned sock_ops link is not a cgroup link")
 	}
 	return cg.CgroupId, nil
+}
+
+// RunGC runs the fallback conntrack garbage collector until ctx is done. It
+// does no periodic work while conntrack is empty, and nothing at all when
+// conntrack is disabled.
+func (a *Accelerator) RunGC(ctx context.Context, interval time.Duration) error {
+	if a.cfg.DisableConntrack {
+		<-ctx.Done()
+		return nil
+	}
+	return a.gc().run(ctx, interval)
+}
+
+// CollectGarbage runs one GC pass now and returns how many entries it
+// removed.
+func (a *Accelerator) CollectGarbage() (int, error) {
+	removed, _, err := a.gc().collect()
+	return removed, err
+}
+
+// Conns lists the tracked connections.
+func (a *Accelerator) Conns() ([]Conn, error) { return ListConns(a.objs.SaConntrack) }
+
+func (a *Accelerator) gc() *gc {
+	a.gcOnce.Do(func() {
+		a.gcState = &gc{
+			conntrack: a.objs.SaConntrack,
+			sockhash:  a.objs.SaSockhash,
+			state:     a.objs.SaGc,
+			wake:      a.objs.SaGcWake,
+			log:       a.log.Named("gc"),
+		}
+	})
+	return a.gcState
 }
 
 // Adopted reports whether New took over pins left by an earlier run.

@@ -35,6 +35,9 @@ type accelAccelStats struct {
 	PassedMsgs      uint64
 	PassedBytes     uint64
 	RedirectErrors  uint64
+	CtCreated       uint64
+	CtFull          uint64
+	ClosedDirect    uint64
 }
 
 type accelCidrKey struct {
@@ -46,15 +49,43 @@ type accelCidrKey struct {
 type accelConfigFlags uint32
 
 const (
-	accelConfigFlagsCONFIG_F_NO_NEW      accelConfigFlags = 1
-	accelConfigFlagsCONFIG_F_NO_REDIRECT accelConfigFlags = 2
+	accelConfigFlagsCONFIG_F_NO_NEW       accelConfigFlags = 1
+	accelConfigFlagsCONFIG_F_NO_REDIRECT  accelConfigFlags = 2
+	accelConfigFlagsCONFIG_F_NO_CONNTRACK accelConfigFlags = 4
 )
+
+type accelCtEntry struct {
+	_             structs.HostLayout
+	Cookie        [2]uint64
+	CgroupId      [2]uint64
+	EstablishedNs uint64
+	Msgs          [2]uint64
+	Bytes         [2]uint64
+	Closed        uint32
+	Pad           uint32
+}
+
+type accelCtSide uint32
+
+const (
+	accelCtSideCT_SIDE_ACTIVE  accelCtSide = 0
+	accelCtSideCT_SIDE_PASSIVE accelCtSide = 1
+)
+
+type accelGcState struct {
+	_        structs.HostLayout
+	Armed    uint32
+	Pad      uint32
+	ClosedGc uint64
+	GcRuns   uint64
+}
 
 type accelSockFlags uint32
 
 const (
 	accelSockFlagsSOCK_F_TCP_PATH   accelSockFlags = 1
 	accelSockFlagsSOCK_F_REDIRECTED accelSockFlags = 2
+	accelSockFlagsSOCK_F_TRACKED    accelSockFlags = 4
 )
 
 type accelSockKey struct {
@@ -68,11 +99,11 @@ type accelSockKey struct {
 }
 
 type accelSockState struct {
-	_               structs.HostLayout
-	Peer            accelSockKey
-	Flags           uint32
-	RedirectedMsgs  uint64
-	RedirectedBytes uint64
+	_     structs.HostLayout
+	Peer  accelSockKey
+	CtKey accelSockKey
+	Flags uint32
+	Side  uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -80,14 +111,18 @@ type accelSockState struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	accelMapSaConfig           = "sa_config"
+	accelMapSaConntrack        = "sa_conntrack"
 	accelMapSaExclCidrs        = "sa_excl_cidrs"
 	accelMapSaExclPorts        = "sa_excl_ports"
+	accelMapSaGc               = "sa_gc"
+	accelMapSaGcWake           = "sa_gc_wake"
 	accelMapSaSockState        = "sa_sock_state"
 	accelMapSaSockhash         = "sa_sockhash"
 	accelMapSaStats            = "sa_stats"
 	accelProgSockaccelRedirect = "sockaccel_redirect"
 	accelProgSockaccelSockops  = "sockaccel_sockops"
 	accelVarUnusedConfigFlags  = "unused_config_flags"
+	accelVarUnusedCtSide       = "unused_ct_side"
 	accelVarUnusedSockFlags    = "unused_sock_flags"
 )
 
@@ -142,8 +177,11 @@ type accelProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelMapSpecs struct {
 	SaConfig    *ebpf.MapSpec `ebpf:"sa_config"`
+	SaConntrack *ebpf.MapSpec `ebpf:"sa_conntrack"`
 	SaExclCidrs *ebpf.MapSpec `ebpf:"sa_excl_cidrs"`
 	SaExclPorts *ebpf.MapSpec `ebpf:"sa_excl_ports"`
+	SaGc        *ebpf.MapSpec `ebpf:"sa_gc"`
+	SaGcWake    *ebpf.MapSpec `ebpf:"sa_gc_wake"`
 	SaSockState *ebpf.MapSpec `ebpf:"sa_sock_state"`
 	SaSockhash  *ebpf.MapSpec `ebpf:"sa_sockhash"`
 	SaStats     *ebpf.MapSpec `ebpf:"sa_stats"`
@@ -154,6 +192,7 @@ type accelMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelVariableSpecs struct {
 	UnusedConfigFlags *ebpf.VariableSpec `ebpf:"unused_config_flags"`
+	UnusedCtSide      *ebpf.VariableSpec `ebpf:"unused_ct_side"`
 	UnusedSockFlags   *ebpf.VariableSpec `ebpf:"unused_sock_flags"`
 }
 
@@ -178,8 +217,11 @@ func (o *accelObjects) Close() error {
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelMaps struct {
 	SaConfig    *ebpf.Map `ebpf:"sa_config"`
+	SaConntrack *ebpf.Map `ebpf:"sa_conntrack"`
 	SaExclCidrs *ebpf.Map `ebpf:"sa_excl_cidrs"`
 	SaExclPorts *ebpf.Map `ebpf:"sa_excl_ports"`
+	SaGc        *ebpf.Map `ebpf:"sa_gc"`
+	SaGcWake    *ebpf.Map `ebpf:"sa_gc_wake"`
 	SaSockState *ebpf.Map `ebpf:"sa_sock_state"`
 	SaSockhash  *ebpf.Map `ebpf:"sa_sockhash"`
 	SaStats     *ebpf.Map `ebpf:"sa_stats"`
@@ -188,8 +230,11 @@ type accelMaps struct {
 func (m *accelMaps) Close() error {
 	return _AccelClose(
 		m.SaConfig,
+		m.SaConntrack,
 		m.SaExclCidrs,
 		m.SaExclPorts,
+		m.SaGc,
+		m.SaGcWake,
 		m.SaSockState,
 		m.SaSockhash,
 		m.SaStats,
@@ -201,6 +246,7 @@ func (m *accelMaps) Close() error {
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelVariables struct {
 	UnusedConfigFlags *ebpf.Variable `ebpf:"unused_config_flags"`
+	UnusedCtSide      *ebpf.Variable `ebpf:"unused_ct_side"`
 	UnusedSockFlags   *ebpf.Variable `ebpf:"unused_sock_flags"`
 }
 

@@ -14,13 +14,18 @@ import (
 )
 
 // pinnedMaps lists every map the BPF object pins by name.
-var pinnedMaps = []string{
-	accelMapSaConfig,
-	accelMapSaExclCidrs,
-	accelMapSaExclPorts,
-	accelMapSaSockState,
-	accelMapSaSockhash,
-	accelMapSaStats,
+func pinnedMaps() ([]string, error) {
+	spec, err := loadAccel()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for name, m := range spec.Maps {
+		if m.Pinning == ebpf.PinByName {
+			names = append(names, name)
+		}
+	}
+	return names, nil
 }
 
 // Cleanup stops acceleration and removes everything sockaccel pinned in
@@ -75,7 +80,11 @@ func Cleanup(pinDir string, log *zap.Logger) error {
 		log.Info("detached sk_msg", zap.String("pin", progPath))
 	}
 
-	for _, name := range pinnedMaps {
+	names, err := pinnedMaps()
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
 		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("unpin map %s: %w", name, err))
 		}

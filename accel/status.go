@@ -24,6 +24,17 @@ type Status struct {
 	SockhashEntries uint64 `json:"sockhash_entries"`
 	MaxConns        uint32 `json:"max_conns"`
 	Stats
+	Conntrack
+}
+
+// Conntrack summarises connection tracking.
+type Conntrack struct {
+	Enabled  bool    `json:"conntrack_enabled"`
+	Entries  uint64  `json:"conntrack_entries"`
+	Capacity uint32  `json:"conntrack_capacity"`
+	Load     float64 `json:"conntrack_load"`
+	ClosedGC uint64  `json:"closed_gc"`
+	GCRuns   uint64  `json:"gc_runs"`
 }
 
 // Stats are the BPF counters summed over CPUs.
@@ -42,6 +53,9 @@ type Stats struct {
 	PassedMsgs      uint64 `json:"passed_msgs"`
 	PassedBytes     uint64 `json:"passed_bytes"`
 	RedirectErrors  uint64 `json:"redirect_errors"`
+	CtCreated       uint64 `json:"conntrack_created"`
+	CtFull          uint64 `json:"conntrack_full"`
+	ClosedDirect    uint64 `json:"closed_direct"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -83,6 +97,12 @@ func ReadStatus(pinDir string) (Status, error) {
 		return s, fmt.Errorf("load pinned sockhash: %w", err)
 	}
 
+	ct, err := readConntrack(pinDir)
+	if err != nil {
+		return s, err
+	}
+	s.Conntrack = ct
+
 	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaStats), nil); err == nil {
 		defer m.Close()
 		st, err := readStats(m)
@@ -95,6 +115,46 @@ func ReadStatus(pinDir string) (Status, error) {
 	}
 	return s, nil
 }
+
+func readConntrack(pinDir string) (Conntrack, error) {
+	var ct Conntrack
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaConfig), nil); err == nil {
+		var cfg accelAccelConfig
+		err := m.Lookup(uint32(0), &cfg)
+		m.Close()
+		if err != nil {
+			return ct, fmt.Errorf("read config: %w", err)
+		}
+		ct.Enabled = cfg.Flags&uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK) == 0
+	}
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaConntrack), nil); err == nil {
+		n, err := countKeys(m)
+		ct.Capacity = m.MaxEntries()
+		m.Close()
+		if err != nil {
+			return ct, fmt.Errorf("count conntrack entries: %w", err)
+		}
+		ct.Entries = n
+		if ct.Capacity > 0 {
+			ct.Load = float64(n) / float64(ct.Capacity)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return ct, fmt.Errorf("load pinned conntrack: %w", err)
+	}
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaGc), nil); err == nil {
+		var g accelGcState
+		err := m.Lookup(uint32(0), &g)
+		m.Close()
+		if err != nil {
+			return ct, fmt.Errorf("read gc state: %w", err)
+		}
+		ct.ClosedGC, ct.GCRuns = g.ClosedGc, g.GcRuns
+	}
+	return ct, nil
+}
+
+// Status reads the running daemon's view, as ReadStatus does from pins.
+func (a *Accelerator) Status() (Status, error) { return ReadStatus(a.cfg.PinDir) }
 
 // Stats reads the running daemon's counters.
 func (a *Accelerator) Stats() (Stats, error) { return readStats(a.objs.SaStats) }
@@ -120,6 +180,9 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.PassedMsgs += c.PassedMsgs
 		s.PassedBytes += c.PassedBytes
 		s.RedirectErrors += c.RedirectErrors
+		s.CtCreated += c.CtCreated
+		s.CtFull += c.CtFull
+		s.ClosedDirect += c.ClosedDirect
 	}
 	return s, nil
 }

@@ -19,12 +19,30 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define E2BIG 7
+#define EEXIST 17
+#define TCP_CLOSE 7
 
 char __license[] SEC("license") = "Dual MIT/GPL";
+
+/* Just enough of the kernel's types to read a socket's cgroup id; CO-RE
+ * relocates the offsets against the running kernel's BTF. */
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+struct sock {
+	struct sock_cgroup_data sk_cgrp_data;
+} __attribute__((preserve_access_index));
 
 /* Keep the flag enums in BTF so bpf2go emits them for the Go side. */
 const enum config_flags *unused_config_flags __attribute__((unused));
 const enum sock_flags *unused_sock_flags __attribute__((unused));
+const enum ct_side *unused_ct_side __attribute__((unused));
 
 /* Both ends of every accelerated connection. Sized at load time from
  * --max-conns; pinned so live connections outlive the daemon. */
@@ -73,6 +91,38 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sa_excl_cidrs SEC(".maps");
 
+/* One entry per tracked connection (struct ct_entry), removed by the close
+ * callback when its last local end reaches TCP_CLOSE, or by the daemon's GC
+ * for closes the kernel never reported. Sized from --max-conns; pinned so
+ * restarts keep the history of live connections. Not preallocated: an entry
+ * freed while another CPU still holds a pointer to it stays valid memory
+ * until RCU says otherwise. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct sock_key);
+	__type(value, struct ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_conntrack SEC(".maps");
+
+/* Single entry: GC hand-shake with the daemon (struct gc_state). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gc_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_gc SEC(".maps");
+
+/* Wakes the daemon's idle GC when conntrack stops being empty, so an idle
+ * daemon needs no timer at all. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_gc_wake SEC(".maps");
+
 /* Counters (struct accel_stats), one copy per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -116,6 +166,97 @@ static __always_inline int addr_excluded(const __u32 addr[4])
 
 	__builtin_memcpy(k.addr, addr, sizeof(k.addr));
 	return bpf_map_lookup_elem(&sa_excl_cidrs, &k) != NULL;
+}
+
+/* The cgroup v2 id the socket is charged to (its creator's, or its
+ * listener's for accepted sockets); sock_ops has no helper for it. */
+static __always_inline __u64 sock_cgroup_id(struct bpf_sock *sk)
+{
+	struct sock *s = (struct sock *)bpf_skc_to_tcp_sock(sk);
+
+	if (!s)
+		return 0;
+	return s->sk_cgrp_data.cgroup->kn->id;
+}
+
+static __always_inline void gc_wake(void)
+{
+	__u32 zero = 0;
+	struct gc_state *gc = bpf_map_lookup_elem(&sa_gc, &zero);
+	__u8 event = 1;
+
+	if (!gc || gc->armed)
+		return;
+	if (__sync_val_compare_and_swap(&gc->armed, 0, 1) == 0)
+		bpf_ringbuf_output(&sa_gc_wake, &event, sizeof(event), 0);
+}
+
+/* Records this end in its connection's conntrack entry and asks for the
+ * state callback that removes the entry at TCP_CLOSE. */
+static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock *sk,
+				     struct sock_state *state, struct accel_stats *st)
+{
+	__u32 side = state->side & 1;
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	__u64 cgroup_id = sock_cgroup_id(sk);
+	struct ct_entry *e;
+	long err;
+
+	e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
+	if (!e) {
+		struct ct_entry fresh = {};
+
+		fresh.established_ns = bpf_ktime_get_ns();
+		err = bpf_map_update_elem(&sa_conntrack, &state->ct_key, &fresh, BPF_NOEXIST);
+		if (err && err != -EEXIST) {
+			__sync_fetch_and_add(&st->ct_full, 1);
+			return;
+		}
+		if (!err) {
+			__sync_fetch_and_add(&st->ct_created, 1);
+			gc_wake();
+		}
+		e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
+		if (!e)
+			return;
+	}
+	e->cookie[side] = cookie;
+	e->cgroup_id[side] = cgroup_id;
+	state->flags |= SOCK_F_TRACKED;
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* TCP_CLOSE on a tracked end: the entry goes when its last local end is
+ * closed. Only the conntrack entry: the sockhash entry stays until the
+ * application closes the socket (unlinking earlier frees unread bytes). */
+static __always_inline void ct_close(struct bpf_sock_ops *skops)
+{
+	struct accel_stats *st = stats();
+	struct sock_state *state;
+	struct bpf_sock *sk = skops->sk;
+	struct ct_entry *e;
+	__u32 side, bit, mask, old;
+
+	if (!sk || !st)
+		return;
+	state = bpf_sk_storage_get(&sa_sock_state, sk, 0, 0);
+	if (!state || !(state->flags & SOCK_F_TRACKED))
+		return;
+	state->flags &= ~SOCK_F_TRACKED;
+	e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
+	if (!e)
+		return;
+	side = state->side & 1;
+	/* A newer connection may own this key now: only our own entry. */
+	if (e->cookie[side] != bpf_get_socket_cookie(skops))
+		return;
+	bit = 1U << side;
+	old = __sync_fetch_and_or(&e->closed, bit);
+	mask = (e->cookie[0] ? 1U : 0) | (e->cookie[1] ? 2U : 0);
+	if (((old | bit) & mask) != mask)
+		return; /* the other local end is still open */
+	if (bpf_map_delete_elem(&sa_conntrack, &state->ct_key) == 0)
+		__sync_fetch_and_add(&st->closed_direct, 1);
 }
 
 static __always_inline void track_established(struct bpf_sock_ops *skops)
@@ -204,14 +345,27 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	state->peer.local_port = key.remote_port;
 	state->peer.remote_port = key.local_port;
 	state->flags = 0;
+	/* The conntrack key is the client end's key, known to both ends. */
+	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+		state->side = CT_SIDE_ACTIVE;
+		state->ct_key = key;
+	} else {
+		state->side = CT_SIDE_PASSIVE;
+		state->ct_key = state->peer;
+	}
 
 	err = bpf_sock_hash_update(skops, &sa_sockhash, &key, BPF_NOEXIST);
-	if (err == -E2BIG)
+	if (err == -E2BIG) {
 		__sync_fetch_and_add(&st->map_full, 1);
-	else if (err)
+		return;
+	}
+	if (err) {
 		__sync_fetch_and_add(&st->insert_errors, 1);
-	else
-		__sync_fetch_and_add(&st->inserted, 1);
+		return;
+	}
+	__sync_fetch_and_add(&st->inserted, 1);
+	if (!(config_flags() & CONFIG_F_NO_CONNTRACK))
+		ct_track(skops, sk, state, st);
 }
 
 SEC("sockops")
@@ -221,6 +375,10 @@ int sockaccel_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		track_established(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == TCP_CLOSE)
+			ct_close(skops);
 		break;
 	}
 	/* Other sock_ops programs on this or a parent cgroup decide replies;
@@ -235,20 +393,31 @@ int sockaccel_redirect(struct sk_msg_md *msg)
 	struct sock_state *state;
 	struct bpf_sock *sk = msg->sk;
 	__u64 size = msg->size;
+	__u32 flags;
 
 	if (!st || !sk)
 		return SK_PASS;
 
 	state = bpf_sk_storage_get(&sa_sock_state, sk, 0, 0);
-	if (state && !(state->flags & SOCK_F_TCP_PATH) &&
-	    !(config_flags() & CONFIG_F_NO_REDIRECT)) {
+	flags = config_flags();
+	if (state && !(state->flags & SOCK_F_TCP_PATH) && !(flags & CONFIG_F_NO_REDIRECT)) {
 		if (bpf_msg_redirect_hash(msg, &sa_sockhash, &state->peer,
 					  BPF_F_INGRESS) == SK_PASS) {
 			state->flags |= SOCK_F_REDIRECTED;
-			state->redirected_msgs++;
-			state->redirected_bytes += size;
 			st->redirected_msgs++;
 			st->redirected_bytes += size;
+			/* The one lookup beyond what the redirect needs. Each
+			 * direction is written only by its sender, under its
+			 * socket lock, so plain adds suffice. */
+			if ((state->flags & SOCK_F_TRACKED) && !(flags & CONFIG_F_NO_CONNTRACK)) {
+				struct ct_entry *e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
+				__u32 dir = state->side & 1;
+
+				if (e) {
+					e->msgs[dir]++;
+					e->bytes[dir] += size;
+				}
+			}
 			return SK_PASS;
 		}
 		/* The helper refused: the peer is not in the map (not yet

@@ -32,10 +32,38 @@ struct sock_key {
 /* Per-socket state in socket-local storage: found from the socket itself in
  * O(1) on every sendmsg, freed by the kernel with the socket. */
 struct sock_state {
-	struct sock_key peer; /* key of the other end, precomputed at establish */
-	__u32 flags;          /* SOCK_F_* */
-	__u64 redirected_msgs;
-	__u64 redirected_bytes;
+	struct sock_key peer;   /* key of the other end, precomputed at establish */
+	struct sock_key ct_key; /* this connection's conntrack key */
+	__u32 flags;            /* SOCK_F_* */
+	__u32 side;             /* CT_SIDE_ACTIVE (client) or CT_SIDE_PASSIVE */
+};
+
+enum ct_side {
+	CT_SIDE_ACTIVE = 0,  /* the end that called connect() */
+	CT_SIDE_PASSIVE = 1, /* the end accept() returned */
+};
+
+/* One accelerated connection. Keyed by the active (client) end's sock_key,
+ * which both ends can compute. Index [side] is per end; for the counters,
+ * [CT_SIDE_ACTIVE] is client->server and [CT_SIDE_PASSIVE] server->client. */
+struct ct_entry {
+	__u64 cookie[2];    /* socket cookie of each local end, 0 if not local */
+	__u64 cgroup_id[2]; /* cgroup of each local end */
+	__u64 established_ns; /* CLOCK_MONOTONIC when the first end established */
+	__u64 msgs[2];      /* messages redirected, per direction */
+	__u64 bytes[2];     /* bytes redirected, per direction */
+	__u32 closed;       /* bit per side that reached TCP_CLOSE */
+	__u32 _pad;
+};
+
+/* Shared between the programs and the daemon's GC. */
+struct gc_state {
+	/* 1 while the daemon's GC is running; the first new conntrack entry
+	 * while it is 0 sends one wake-up through sa_gc_wake. */
+	__u32 armed;
+	__u32 _pad;
+	__u64 closed_gc; /* written by the daemon only */
+	__u64 gc_runs;   /* written by the daemon only */
 };
 
 enum sock_flags {
@@ -46,6 +74,8 @@ enum sock_flags {
 	SOCK_F_TCP_PATH = 1 << 0,
 	/* At least one message of this socket was redirected. */
 	SOCK_F_REDIRECTED = 1 << 1,
+	/* This end is recorded in a conntrack entry (ct_key, side). */
+	SOCK_F_TRACKED = 1 << 2,
 };
 
 /* Runtime switches the daemon flips without reloading programs. */
@@ -59,6 +89,8 @@ enum config_flags {
 	CONFIG_F_NO_NEW = 1 << 0,
 	/* Stop redirecting: every send takes the TCP path from now on. */
 	CONFIG_F_NO_REDIRECT = 1 << 1,
+	/* Do not track connections (--conntrack=false). */
+	CONFIG_F_NO_CONNTRACK = 1 << 2,
 };
 
 /* Key of the excluded-CIDR LPM trie: prefix length over the IPv4-mapped
@@ -88,6 +120,9 @@ struct accel_stats {
 	__u64 passed_msgs;
 	__u64 passed_bytes;
 	__u64 redirect_errors;  /* peer vanished from the sockhash after pairing */
+	__u64 ct_created;       /* conntrack entries created */
+	__u64 ct_full;          /* conntrack at capacity: connection not tracked */
+	__u64 closed_direct;    /* conntrack entries removed by the close callback */
 };
 
 #endif

@@ -251,7 +251,8 @@ type Endpoint struct {
 	Cgroup *cgroup.Target
 }
 
-func (e Endpoint) do(t testing.TB, f func()) {
+// Do runs f with sockets it creates placed in e's namespace and cgroup.
+func (e Endpoint) Do(t testing.TB, f func()) {
 	t.Helper()
 	inNS := func() {
 		if e.Netns == nil {
@@ -272,7 +273,7 @@ func (e Endpoint) Listen(t testing.TB, network, addr string) *net.TCPListener {
 	t.Helper()
 	var ln net.Listener
 	var err error
-	e.do(t, func() { ln, err = net.Listen(network, addr) })
+	e.Do(t, func() { ln, err = net.Listen(network, addr) })
 	if err != nil {
 		t.Fatalf("listen %s %s: %v", network, addr, err)
 	}
@@ -293,7 +294,7 @@ func (e Endpoint) Dial(t testing.TB, network, laddr, raddr string) (*net.TCPConn
 	}
 	var c net.Conn
 	var err error
-	e.do(t, func() { c, err = d.Dial(network, raddr) })
+	e.Do(t, func() { c, err = d.Dial(network, raddr) })
 	if err != nil {
 		return nil, err
 	}

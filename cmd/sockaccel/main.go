@@ -19,6 +19,7 @@ const usage = `usage: sockaccel <command> [flags]
 commands:
   run       attach to a cgroup and accelerate until SIGINT/SIGTERM
   status    show what is attached and the counters (--json for scripts)
+  conns     list tracked connections (--json for scripts)
   cleanup   detach and unpin everything sockaccel owns
   version   print the version
 Run 'sockaccel <command> -h' for the flags of a command.`
@@ -36,12 +37,14 @@ func run(args []string) int {
 		err = runStatus(args[1:])
 	case "cleanup":
 		err = runCleanup(args[1:])
+	case "conns":
+		err = runConns(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println("sockaccel", version)
 	case "help", "-h", "--help":
 		fmt.Println(usage)
 	default:
-		err = usageError{fmt.Errorf("unknown command %q (want run, status, cleanup or version)", args[0])}
+		err = usageError{fmt.Errorf("unknown command %q (want run, status, conns, cleanup or version)", args[0])}
 	}
 	switch {
 	case err == nil:

@@ -22,6 +22,8 @@ func runDaemon(args []string) error {
 	excludeCIDRs := fs.String("exclude-cidrs", "", "comma-separated networks never accelerated (either end)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "", "console, json or journal (default: journal under systemd, else console)")
+	conntrack := fs.Bool("conntrack", true, "track connections (conns, close callback, fallback GC); false turns the whole feature off")
+	gcInterval := fs.Duration("gc-interval", accel.DefaultGCInterval, "how often the fallback GC runs while connections are tracked")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -44,6 +46,9 @@ func runDaemon(args []string) error {
 	if *maxConns == 0 || *maxConns > 1<<24 {
 		return fmt.Errorf("invalid --max-conns %d (want 1-16777216)", *maxConns)
 	}
+	if *gcInterval <= 0 {
+		return fmt.Errorf("invalid --gc-interval %s (want a positive duration)", *gcInterval)
+	}
 	target, err := cgroup.Resolve(*cgroupPath)
 	if err != nil {
 		return err
@@ -58,11 +63,12 @@ func runDaemon(args []string) error {
 	}
 
 	a, err := accel.New(accel.Config{
-		Cgroup:       target,
-		PinDir:       *pinDir,
-		MaxConns:     uint32(*maxConns),
-		ExcludePorts: ports,
-		ExcludeCIDRs: cidrs,
+		Cgroup:           target,
+		PinDir:           *pinDir,
+		MaxConns:         uint32(*maxConns),
+		ExcludePorts:     ports,
+		ExcludeCIDRs:     cidrs,
+		DisableConntrack: !*conntrack,
 	}, log.Named("accel"))
 	if err != nil {
 		return err
@@ -74,10 +80,21 @@ func runDaemon(args []string) error {
 		zap.Uint("max_conns", *maxConns),
 		zap.Uint16s("exclude_ports", ports),
 		zap.Stringers("exclude_cidrs", cidrs),
+		zap.Bool("conntrack", *conntrack),
 		zap.Bool("adopted", a.Adopted()),
 		zap.String("version", version))
 
-	<-ctx.Done()
+	gcDone := make(chan error, 1)
+	go func() { gcDone <- a.RunGC(ctx, *gcInterval) }()
+	select {
+	case <-ctx.Done():
+		<-gcDone
+	case err := <-gcDone:
+		if err != nil {
+			return fmt.Errorf("conntrack gc: %w", err)
+		}
+		<-ctx.Done()
+	}
 	log.Info("stopping; pinned programs keep accelerating until 'sockaccel cleanup'")
 	return nil
 }

@@ -36,6 +36,8 @@ func runStatus(args []string) error {
 	fmt.Fprintf(w, "passed to TCP:\t%d msgs, %d bytes\n", st.PassedMsgs, st.PassedBytes)
 	fmt.Fprintf(w, "redirect errors:\t%d\n", st.RedirectErrors)
 	fmt.Fprintf(w, "sockets established:\t%d (inserted %d)\n", st.Established, st.Inserted)
+	fmt.Fprintf(w, "conntrack:\t%d / %d entries (%.1f%%), enabled=%v\n", st.Conntrack.Entries, st.Conntrack.Capacity, 100*st.Conntrack.Load, st.Conntrack.Enabled)
+	fmt.Fprintf(w, "closed:\tdirect=%d gc=%d (gc runs %d)\n", st.ClosedDirect, st.ClosedGC, st.GCRuns)
 	fmt.Fprintf(w, "not accelerated:\tmap_full=%d excluded_port=%d excluded_cidr=%d early_data=%d insert_errors=%d disabled=%d\n",
 		st.MapFull, st.ExcludedPort, st.ExcludedCIDR, st.EarlyData, st.InsertErrors, st.Disabled)
 	return w.Flush()

@@ -1,0 +1,285 @@
+//go:build linux
+
+package accel
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// ConntrackMapName is the conntrack map's pin name inside the pin dir.
+const ConntrackMapName = accelMapSaConntrack
+
+// DefaultGCInterval is how often the fallback GC runs while conntrack holds
+// entries. It only matters for closes the kernel never reported; the close
+// callback removes every other entry at once.
+const DefaultGCInterval = 30 * time.Second
+
+// Conn is one tracked connection, as `sockaccel conns` lists it.
+type Conn struct {
+	Client      netip.AddrPort `json:"client"`
+	Server      netip.AddrPort `json:"server"`
+	Age         time.Duration  `json:"-"`
+	AgeSeconds  float64        `json:"age_seconds"`
+	BytesC2S    uint64         `json:"bytes_client_to_server"`
+	BytesS2C    uint64         `json:"bytes_server_to_client"`
+	MsgsC2S     uint64         `json:"msgs_client_to_server"`
+	MsgsS2C     uint64         `json:"msgs_server_to_client"`
+	ClientLocal bool           `json:"client_local"`
+	ServerLocal bool           `json:"server_local"`
+	CgroupIDs   []uint64       `json:"cgroup_ids"`
+	Cgroups     []string       `json:"cgroups"`
+	State       string         `json:"state"`
+	Cookies     [2]uint64      `json:"cookies"`
+}
+
+// ListConns reads every conntrack entry from m.
+func ListConns(m *ebpf.Map) ([]Conn, error) {
+	now := monotonicNow()
+	var (
+		key   accelSockKey
+		entry accelCtEntry
+		out   []Conn
+	)
+	it := m.Iterate()
+	for it.Next(&key, &entry) {
+		c := Conn{
+			Client:      netip.AddrPortFrom(keyAddr(key.LocalIp), netToHost16(key.LocalPort)),
+			Server:      netip.AddrPortFrom(keyAddr(key.RemoteIp), netToHost16(key.RemotePort)),
+			MsgsC2S:     entry.Msgs[0],
+			MsgsS2C:     entry.Msgs[1],
+			BytesC2S:    entry.Bytes[0],
+			BytesS2C:    entry.Bytes[1],
+			ClientLocal: entry.Cookie[0] != 0,
+			ServerLocal: entry.Cookie[1] != 0,
+			Cookies:     entry.Cookie,
+			State:       ctState(entry),
+		}
+		if now > entry.EstablishedNs {
+			c.Age = time.Duration(now - entry.EstablishedNs)
+			c.AgeSeconds = c.Age.Seconds()
+		}
+		for side := range 2 {
+			if entry.Cookie[side] != 0 {
+				c.CgroupIDs = append(c.CgroupIDs, entry.CgroupId[side])
+			}
+		}
+		out = append(out, c)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate conntrack: %w", err)
+	}
+	return out, nil
+}
+
+func ctState(e accelCtEntry) string {
+	switch {
+	case e.Closed&1 != 0 && e.Closed&2 == 0:
+		return "client-closed"
+	case e.Closed&2 != 0 && e.Closed&1 == 0:
+		return "server-closed"
+	case e.Closed != 0:
+		return "closed"
+	}
+	return "established"
+}
+
+// keyAddr turns the stored (network byte order, IPv4-mapped) address into
+// an address, unmapping IPv4.
+func keyAddr(words [4]uint32) netip.Addr {
+	var b [16]byte
+	for i, w := range words {
+		binary.LittleEndian.PutUint32(b[i*4:], w) // memory order is network order
+	}
+	return netip.AddrFrom16(b).Unmap()
+}
+
+func netToHost16(v uint16) uint16 { return bits.ReverseBytes16(v) }
+
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return uint64(ts.Nano())
+}
+
+// mirror returns the key of the other end of a connection.
+func mirror(k accelSockKey) accelSockKey {
+	return accelSockKey{
+		LocalIp:    k.RemoteIp,
+		RemoteIp:   k.LocalIp,
+		LocalIsn:   k.RemoteIsn,
+		RemoteIsn:  k.LocalIsn,
+		LocalPort:  k.RemotePort,
+		RemotePort: k.LocalPort,
+	}
+}
+
+// gc removes conntrack entries whose sockets are gone although no close
+// callback said so: programs replaced mid-connection, sockets whose cgroup
+// lost the program, anything else the kernel did not report to us.
+type gc struct {
+	conntrack, sockhash, state, wake *ebpf.Map
+	log                              *zap.Logger
+	mu                         sync.Mutex // serialises writes to the gc_state entry
+}
+
+// alive reports whether any local end of the entry still exists. The
+// sockhash is the authority: the kernel unlinks a socket from it when the
+// socket is closed, and a user-space lookup returns the socket's cookie, so
+// a reused key cannot pass for the old connection.
+func (g *gc) alive(key accelSockKey, e accelCtEntry) bool {
+	for side := range 2 {
+		if e.Cookie[side] == 0 || e.Closed&(1<<side) != 0 {
+			continue
+		}
+		k := key
+		if side == 1 {
+			k = mirror(key)
+		}
+		var cookie uint64
+		if err := g.sockhash.Lookup(&k, &cookie); err == nil && cookie == e.Cookie[side] {
+			return true
+		}
+	}
+	return false
+}
+
+// collect runs one GC pass: it reads the whole map first, then deletes what
+// it collected (deleting while iterating a hash map can skip or revisit
+// entries). It returns how many entries it removed and how many remain.
+func (g *gc) collect() (removed, remaining int, err error) {
+	var (
+		key   accelSockKey
+		entry accelCtEntry
+		dead  []accelSockKey
+		total int
+	)
+	it := g.conntrack.Iterate()
+	for it.Next(&key, &entry) {
+		total++
+		if !g.alive(key, entry) {
+			dead = append(dead, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, total, fmt.Errorf("iterate conntrack: %w", err)
+	}
+	for _, k := range dead {
+		// Gone already means the close callback won the race.
+		if err := g.conntrack.Delete(&k); err == nil {
+			removed++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return removed, total - removed, fmt.Errorf("delete conntrack entry: %w", err)
+		}
+	}
+	if err := g.update(func(s *accelGcState) {
+		s.Armed = 1
+		s.ClosedGc += uint64(removed)
+		s.GcRuns++
+	}); err != nil {
+		return removed, total - removed, err
+	}
+	return removed, total - removed, nil
+}
+
+func (g *gc) update(f func(*accelGcState)) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var s accelGcState
+	if err := g.state.Lookup(uint32(0), &s); err != nil {
+		return fmt.Errorf("read gc state: %w", err)
+	}
+	f(&s)
+	if err := g.state.Put(uint32(0), &s); err != nil {
+		return fmt.Errorf("write gc state: %w", err)
+	}
+	return nil
+}
+
+func (g *gc) empty() (bool, error) {
+	var key accelSockKey
+	err := g.conntrack.NextKey(nil, &key)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return true, nil
+	}
+	return false, err
+}
+
+// run is the GC loop. While conntrack is empty it sleeps on the BPF wake-up
+// ring buffer, so an idle daemon has no timer at all; while entries exist it
+// runs a pass every interval.
+func (g *gc) run(ctx context.Context, interval time.Duration) error {
+	rd, err := ringbuf.NewReader(g.wake)
+	if err != nil {
+		return fmt.Errorf("open gc wake-up ring buffer: %w", err)
+	}
+	defer rd.Close()
+	stop := context.AfterFunc(ctx, func() { rd.Close() })
+	defer stop()
+
+	for {
+		// Disarm first, then look: an entry created after the look finds
+		// the GC disarmed and wakes us.
+		if err := g.update(func(s *accelGcState) { s.Armed = 0 }); err != nil {
+			return err
+		}
+		empty, err := g.empty()
+		if err != nil {
+			return fmt.Errorf("check conntrack: %w", err)
+		}
+		if empty {
+			if _, err := rd.Read(); err != nil {
+				if errors.Is(err, ringbuf.ErrClosed) {
+					return nil
+				}
+				return fmt.Errorf("wait for conntrack entries: %w", err)
+			}
+		}
+		if err := g.update(func(s *accelGcState) { s.Armed = 1 }); err != nil {
+			return err
+		}
+		if err := g.active(ctx, interval); err != nil || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// active runs passes until the map is empty or ctx is done.
+func (g *gc) active(ctx context.Context, interval time.Duration) error {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+		start := time.Now()
+		removed, remaining, err := g.collect()
+		if err != nil {
+			return err
+		}
+		if removed > 0 {
+			g.log.Info("removed conntrack entries whose close was not reported",
+				zap.Int("removed", removed), zap.Int("remaining", remaining), zap.Duration("took", time.Since(start)))
+		} else {
+			g.log.Debug("gc pass", zap.Int("remaining", remaining), zap.Duration("took", time.Since(start)))
+		}
+		if remaining == 0 {
+			return nil
+		}
+	}
+}
