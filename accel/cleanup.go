@@ -3,15 +3,34 @@
 package accel
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap"
 )
+
+// DefaultDrainTimeout bounds how long Cleanup waits for applications to read
+// the bytes already redirected to them.
+const DefaultDrainTimeout = 30 * time.Second
+
+// CleanupOptions tune Cleanup.
+type CleanupOptions struct {
+	// DrainTimeout bounds the wait for redirected bytes to be read.
+	DrainTimeout time.Duration
+	// Force removes the sockets even if they still hold unread redirected
+	// bytes, which the kernel then frees: those bytes are lost.
+	Force bool
+}
+
+// ErrDrainTimeout is returned when sockets still held unread redirected bytes
+// at the end of the drain; nothing was lost and acceleration stays off.
+var ErrDrainTimeout = errors.New("redirected bytes still unread")
 
 // pinnedMaps lists every map the BPF object pins by name.
 func pinnedMaps() ([]string, error) {
@@ -28,20 +47,36 @@ func pinnedMaps() ([]string, error) {
 	return names, nil
 }
 
-// Cleanup stops acceleration and removes everything sockaccel pinned in
-// pinDir: new connections stop being tracked, sends stop being redirected,
-// sock_ops is detached from its cgroup, sk_msg from the SOCKHASH, and the pins
-// are removed. It is idempotent: a missing pin dir is not an error.
+// Cleanup stops acceleration without losing a byte and removes everything
+// sockaccel pinned in pinDir. It is idempotent: a missing pin dir is not an
+// error.
+//
+// The order matters. When a socket leaves the SOCKHASH, the kernel drops its
+// psock and frees every redirected message still queued for the application
+// (sk_psock_drop -> sk_psock_stop), and freeing the map removes every socket
+// at once. So: stop new entries and redirects (sends take the TCP path from
+// here on, behind the redirected bytes, which the receiver reads first),
+// detach sock_ops, wait until no socket holds unread redirected bytes, and
+// only then detach sk_msg and drop the pins. If the wait times out the pins
+// stay, redirects stay off, and ErrDrainTimeout says how much is unread.
 func Cleanup(pinDir string, log *zap.Logger) error {
+	return CleanupWith(context.Background(), pinDir, log, CleanupOptions{DrainTimeout: DefaultDrainTimeout})
+}
+
+// CleanupWith is Cleanup with options.
+func CleanupWith(ctx context.Context, pinDir string, log *zap.Logger, opts CleanupOptions) error {
 	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	var errs []error
 
-	// Stop new entries and redirects first, so nothing new is queued while
-	// the rest is taken apart.
 	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaConfig), nil); err == nil {
-		if err := m.Put(uint32(0), accelAccelConfig{Flags: uint32(accelConfigFlagsCONFIG_F_NO_NEW | accelConfigFlagsCONFIG_F_NO_REDIRECT)}); err != nil {
+		var cfg accelAccelConfig
+		if err := m.Lookup(uint32(0), &cfg); err != nil {
+			errs = append(errs, fmt.Errorf("read config: %w", err))
+		}
+		cfg.Flags |= uint32(accelConfigFlagsCONFIG_F_NO_NEW | accelConfigFlagsCONFIG_F_NO_REDIRECT)
+		if err := m.Put(uint32(0), cfg); err != nil {
 			errs = append(errs, fmt.Errorf("disable redirects: %w", err))
 		}
 		m.Close()
@@ -62,9 +97,21 @@ func Cleanup(pinDir string, log *zap.Logger) error {
 		errs = append(errs, fmt.Errorf("load pinned sock_ops link %s: %w", linkPath, err))
 	}
 
+	hashPath := filepath.Join(pinDir, accelMapSaSockhash)
+	hash, err := ebpf.LoadPinnedMap(hashPath, nil)
+	switch {
+	case err == nil:
+		defer hash.Close()
+		if err := drain(ctx, hash, log, opts); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		errs = append(errs, fmt.Errorf("load pinned sockhash: %w", err))
+	}
+
 	progPath := filepath.Join(pinDir, skMsgProgName)
 	if prog, err := ebpf.LoadPinnedProgram(progPath, nil); err == nil {
-		if hash, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaSockhash), nil); err == nil {
+		if hash != nil {
 			err := link.RawDetachProgram(link.RawDetachProgramOptions{
 				Target:  hash.FD(),
 				Program: prog,
@@ -74,7 +121,6 @@ func Cleanup(pinDir string, log *zap.Logger) error {
 			if err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("detach sk_msg: %w", err))
 			}
-			hash.Close()
 		}
 		prog.Close()
 		log.Info("detached sk_msg", zap.String("pin", progPath))
@@ -95,4 +141,61 @@ func Cleanup(pinDir string, log *zap.Logger) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// drainSettle is how long the backlog must read zero before the sockets are
+// released: a send whose verdict ran just before redirects were turned off
+// may still be queueing its bytes.
+const drainSettle = 50 * time.Millisecond
+
+func drain(ctx context.Context, hash *ebpf.Map, log *zap.Logger, opts CleanupOptions) error {
+	r, err := newBacklogReader(hash)
+	if err != nil {
+		if opts.Force {
+			log.Warn("cannot measure unread redirected bytes; removing sockets anyway (--force)", zap.Error(err))
+			return nil
+		}
+		return fmt.Errorf("%w; without it sockaccel cannot tell whether removing sockets would drop unread data (use --force to remove them anyway)", err)
+	}
+	defer r.Close()
+
+	deadline := time.Now().Add(opts.DrainTimeout)
+	var zeroSince time.Time
+	logged := false
+	for {
+		b, err := r.read()
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		switch {
+		case b.Bytes != 0:
+			zeroSince = time.Time{}
+		case zeroSince.IsZero():
+			zeroSince = now
+		case now.Sub(zeroSince) >= drainSettle:
+			if logged {
+				log.Info("redirected bytes drained")
+			}
+			return nil
+		}
+		if b.Bytes != 0 && !logged {
+			log.Info("waiting for applications to read redirected bytes",
+				zap.Int("sockets", b.Sockets), zap.Uint64("bytes", b.Bytes), zap.Duration("timeout", opts.DrainTimeout))
+			logged = true
+		}
+		if b.Bytes != 0 && now.After(deadline) {
+			if opts.Force {
+				log.Warn("dropping unread redirected bytes (--force)", zap.Int("sockets", b.Sockets), zap.Uint64("bytes", b.Bytes))
+				return nil
+			}
+			return fmt.Errorf("%w: %d sockets still hold %d redirected bytes their applications have not read after %s; redirects are off and nothing was lost: run cleanup again later, raise --timeout, or use --force to drop them",
+				ErrDrainTimeout, b.Sockets, b.Bytes, opts.DrainTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }

@@ -24,6 +24,8 @@ func runDaemon(args []string) error {
 	logFormat := fs.String("log-format", "", "console, json or journal (default: journal under systemd, else console)")
 	conntrack := fs.Bool("conntrack", true, "track connections (conns, close callback, fallback GC); false turns the whole feature off")
 	gcInterval := fs.Duration("gc-interval", accel.DefaultGCInterval, "how often the fallback GC runs while connections are tracked")
+	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating and remove the pins, after applications read what was already redirected")
+	cleanupTimeout := fs.Duration("cleanup-timeout", accel.DefaultDrainTimeout, "with --cleanup-on-exit: how long to wait for redirected bytes to be read")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -94,6 +96,12 @@ func runDaemon(args []string) error {
 			return fmt.Errorf("conntrack gc: %w", err)
 		}
 		<-ctx.Done()
+	}
+	if *cleanupOnExit {
+		log.Info("stopping and cleaning up")
+		a.Close()
+		opts := accel.CleanupOptions{DrainTimeout: *cleanupTimeout}
+		return accel.CleanupWith(context.Background(), *pinDir, log.Named("cleanup"), opts)
 	}
 	log.Info("stopping; pinned programs keep accelerating until 'sockaccel cleanup'")
 	return nil

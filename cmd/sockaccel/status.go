@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 	"text/tabwriter"
 
 	"go.uber.org/zap"
@@ -46,6 +49,8 @@ func runStatus(args []string) error {
 func runCleanup(args []string) error {
 	fs := newFlagSet("cleanup")
 	pinDir := fs.String("pin-dir", accel.DefaultPinDir, "bpffs directory sockaccel pins into")
+	timeout := fs.Duration("timeout", accel.DefaultDrainTimeout, "how long to wait for applications to read bytes already redirected to them")
+	force := fs.Bool("force", false, "remove sockets even if they hold unread redirected bytes (those bytes are lost)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -53,7 +58,10 @@ func runCleanup(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := accel.Cleanup(*pinDir, log.Named("cleanup")); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	opts := accel.CleanupOptions{DrainTimeout: *timeout, Force: *force}
+	if err := accel.CleanupWith(ctx, *pinDir, log.Named("cleanup"), opts); err != nil {
 		return err
 	}
 	log.Info("cleaned up", zap.String("pin_dir", *pinDir))
