@@ -5,10 +5,8 @@ package accel_test
 import (
 	"context"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -85,60 +83,13 @@ func TestKernelFreesQueuedBytesWhenSocketLeavesSockhash(t *testing.T) {
 	}
 }
 
-// throttled reads slowly, so redirected bytes queue up at the receiver.
-type throttled struct{ r io.Reader }
-
-func (t throttled) Read(p []byte) (int, error) {
-	time.Sleep(300 * time.Microsecond)
-	if len(p) > 64<<10 {
-		p = p[:64<<10]
-	}
-	return t.r.Read(p)
-}
-
-type streamResult struct {
-	sent, got testenv.Digest
-	err       error
-}
-
-// slowStreams sends size bytes client->server on each pair while the server
-// reads slowly; results arrive when each stream hit EOF.
-func slowStreams(pairs []testenv.Pair, size int64) chan streamResult {
-	out := make(chan streamResult, len(pairs))
-	for i, p := range pairs {
-		go func() {
-			var r streamResult
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.Server.SetReadDeadline(time.Now().Add(2 * time.Minute))
-				r.got, r.err = testenv.ReadStream(throttled{p.Server})
-			}()
-			var err error
-			r.sent, err = testenv.WriteStream(p.Client, size, uint64(i), testenv.MaxChunk)
-			if err == nil {
-				err = p.Client.CloseWrite()
-			}
-			wg.Wait()
-			if r.err == nil {
-				r.err = err
-			}
-			p.Client.Close()
-			p.Server.Close()
-			out <- r
-		}()
-	}
-	return out
-}
-
 func TestCleanupUnderLoadLosesNothing(t *testing.T) {
 	n := newNode(t, nil)
 	tc := newTwoContainers(t, 221)
 	ln := n.in(tc.server).Listen(t, "tcp4", "10.221.0.2:7202")
 	const conns, size = 6, 48 << 20
 	pairs := testenv.Connect(t, n.in(tc.client), ln, "tcp4", "10.221.0.2:7202", conns)
-	results := slowStreams(pairs, size)
+	results := testenv.SlowStreams(pairs, size, 300*time.Microsecond)
 
 	waitFor(t, "redirected bytes to queue up at the readers", func() (bool, string) {
 		b := n.backlog(t)
@@ -153,8 +104,8 @@ func TestCleanupUnderLoadLosesNothing(t *testing.T) {
 
 	for range conns {
 		r := <-results
-		if r.err != nil || r.got != r.sent {
-			t.Errorf("stream across cleanup: sent %v, got %v, err %v", r.sent, r.got, r.err)
+		if r.Err != nil || r.Got != r.Sent {
+			t.Errorf("stream across cleanup: sent %v, got %v, err %v", r.Sent, r.Got, r.Err)
 		}
 	}
 	if _, err := os.Stat(n.pin); !errors.Is(err, os.ErrNotExist) {

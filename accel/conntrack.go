@@ -133,7 +133,7 @@ func mirror(k accelSockKey) accelSockKey {
 type gc struct {
 	conntrack, sockhash, state, wake *ebpf.Map
 	log                              *zap.Logger
-	mu                         sync.Mutex // serialises writes to the gc_state entry
+	mu                               sync.Mutex // serialises writes to the gc_state entry
 }
 
 // alive reports whether any local end of the entry still exists. The

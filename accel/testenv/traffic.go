@@ -370,3 +370,56 @@ func ExchangeAll(t testing.TB, pairs []Pair, up, down int64, seed uint64) int64 
 	}
 	return int64(len(pairs)) * (up + down)
 }
+
+// throttled reads at most 64 KiB at a time and pauses before each read, so
+// redirected bytes queue up at the receiver and a transfer lasts a while.
+type throttled struct {
+	r     io.Reader
+	pause time.Duration
+}
+
+func (t throttled) Read(p []byte) (int, error) {
+	time.Sleep(t.pause)
+	if len(p) > 64<<10 {
+		p = p[:64<<10]
+	}
+	return t.r.Read(p)
+}
+
+// StreamResult is one one-way stream's outcome.
+type StreamResult struct {
+	Sent, Got Digest
+	Err       error
+}
+
+// SlowStreams sends size bytes client->server on every pair while each server
+// reads slowly (pause before every read of up to 64 KiB). A result arrives
+// on the channel when each stream reached EOF; both ends are then closed.
+func SlowStreams(pairs []Pair, size int64, pause time.Duration) <-chan StreamResult {
+	out := make(chan StreamResult, len(pairs))
+	for i, p := range pairs {
+		go func() {
+			var r StreamResult
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.Server.SetReadDeadline(time.Now().Add(5 * time.Minute))
+				r.Got, r.Err = ReadStream(throttled{p.Server, pause})
+			}()
+			sent, err := WriteStream(p.Client, size, uint64(i)+100, MaxChunk)
+			if err == nil {
+				err = p.Client.CloseWrite()
+			}
+			r.Sent = sent
+			wg.Wait()
+			if r.Err == nil {
+				r.Err = err
+			}
+			p.Client.Close()
+			p.Server.Close()
+			out <- r
+		}()
+	}
+	return out
+}

@@ -139,7 +139,8 @@ func TestBadInput(t *testing.T) {
 
 // The status --json keys scripts rely on.
 var statusKeys = []string{"attached", "cgroup", "sockhash_entries", "max_conns", "redirected_msgs",
-	"redirected_bytes", "passed_msgs", "redirect_errors", "map_full"}
+	"redirected_bytes", "passed_msgs", "redirect_errors", "map_full",
+	"conntrack_entries", "conntrack_capacity", "conntrack_load", "closed_direct", "closed_gc", "gc_runs"}
 
 func status(t *testing.T, pin string) map[string]any {
 	t.Helper()
@@ -231,6 +232,33 @@ func TestDaemonLifecycle(t *testing.T) {
 	if got := status(t, pin)["sockhash_entries"]; got != float64(8) {
 		t.Errorf("sockhash_entries %v with 4 open connections, want 8", got)
 	}
+	if st := status(t, pin); st["conntrack_entries"] != float64(4) || st["conntrack_capacity"] != float64(128) {
+		t.Errorf("conntrack %v / %v, want 4 / 128", st["conntrack_entries"], st["conntrack_capacity"])
+	}
+	r := sockaccel(t, "conns", "--json", "--pin-dir", pin)
+	var conns []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &conns); err != nil || r.code != 0 {
+		t.Fatalf("conns --json: exit %d, %v: %s %s", r.code, err, r.stdout, r.stderr)
+	}
+	if len(conns) != 4 {
+		t.Errorf("conns lists %d connections, want 4", len(conns))
+	}
+	for _, c := range conns {
+		for _, k := range []string{"client", "server", "age_seconds", "bytes_client_to_server", "bytes_server_to_client", "cgroups"} {
+			if _, ok := c[k]; !ok {
+				t.Errorf("conns entry lacks %q: %v", k, c)
+			}
+		}
+		if c["server"] != "127.0.0.1:9001" {
+			t.Errorf("conns server %v, want 127.0.0.1:9001", c["server"])
+		}
+		if cgs, _ := c["cgroups"].([]any); len(cgs) != 2 || cgs[0] != cg.Rel() {
+			t.Errorf("conns cgroups %v, want [%s %s]", c["cgroups"], cg.Rel(), cg.Rel())
+		}
+	}
+	if r := sockaccel(t, "conns", "--pin-dir", pin); r.code != 0 || !strings.Contains(r.stdout, "4 connections") {
+		t.Errorf("conns table: exit %d: %s", r.code, r.stdout)
+	}
 
 	// kill -9: pins keep the live connections accelerated.
 	if err := d.Process.Signal(syscall.SIGKILL); err != nil {
@@ -285,4 +313,56 @@ func TestDaemonLifecycle(t *testing.T) {
 	if n := sockOpsPrograms(t, cg.Path); n != 0 {
 		t.Errorf("%d sock_ops programs after cleanup", n)
 	}
+}
+
+// kill -9 in the middle of a multi-hundred-MiB transfer on many connections:
+// every stream completes intact and redirected, and the restarted daemon
+// adopts the pins (one sock_ops attachment) and keeps counting.
+func TestKillDuringTransfer(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.TempCgroup(t)
+	pin := testenv.TempPinDir(t)
+	ns := testenv.NewNetns(t)
+	in := testenv.Endpoint{Netns: ns, Cgroup: &cg}
+
+	d := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin)
+	ln := in.Listen(t, "tcp4", "127.0.0.1:9002")
+	const conns, size = 8, 40 << 20
+	pairs := testenv.Connect(t, in, ln, "tcp4", "127.0.0.1:9002", conns)
+	results := testenv.SlowStreams(pairs, size, 2*time.Millisecond)
+
+	// Kill once the transfer is well under way.
+	for status(t, pin)["redirected_bytes"].(float64) < 32<<20 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := d.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.Wait()
+	atKill := status(t, pin)["redirected_bytes"].(float64)
+
+	d2 := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin)
+	if n := sockOpsPrograms(t, cg.Path); n != 1 {
+		t.Errorf("%d sock_ops programs after restart, want 1", n)
+	}
+	for range conns {
+		r := <-results
+		if r.Err != nil || r.Got != r.Sent {
+			t.Errorf("stream across kill -9: sent %v, got %v, err %v", r.Sent, r.Got, r.Err)
+		}
+	}
+	st := status(t, pin)
+	t.Logf("redirected %.0f MiB at the kill, %.0f MiB in the end; passed %v msgs",
+		atKill/(1<<20), st["redirected_bytes"].(float64)/(1<<20), st["passed_msgs"])
+	if st["redirected_bytes"].(float64) != conns*size {
+		t.Errorf("redirected_bytes %v, want all %d payload bytes redirected", st["redirected_bytes"], conns*size)
+	}
+	if st["redirected_bytes"].(float64) <= atKill {
+		t.Error("counters did not move after the kill")
+	}
+	if st["closed_direct"].(float64) != conns {
+		t.Errorf("closed_direct %v after the streams closed, want %d", st["closed_direct"], conns)
+	}
+	d2.Process.Signal(syscall.SIGTERM)
+	d2.Wait()
 }
