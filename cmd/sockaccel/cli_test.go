@@ -6,9 +6,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -106,6 +109,8 @@ func TestBadInput(t *testing.T) {
 		{"bad max conns", []string{"--cgroup", cg.Path, "--max-conns", "0"}, "invalid --max-conns"},
 		{"bad log format", []string{"--cgroup", cg.Path, "--log-format", "xml"}, "invalid --log-format"},
 		{"bad log level", []string{"--cgroup", cg.Path, "--log-level", "loud"}, "invalid --log-level"},
+		{"bad metrics addr", []string{"--cgroup", cg.Path, "--metrics-addr", "256.1.1.1:80"}, "--metrics-addr"},
+		{"bad gc interval", []string{"--cgroup", cg.Path, "--gc-interval", "-1s"}, "invalid --gc-interval"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -187,7 +192,7 @@ type daemon struct {
 // accelerating.
 func startDaemon(t *testing.T, args ...string) daemon {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"run", "--log-format", "json"}, args...)...)
+	cmd := exec.Command(binary, append([]string{"run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0"}, args...)...)
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
@@ -365,4 +370,64 @@ func TestKillDuringTransfer(t *testing.T) {
 	}
 	d2.Process.Signal(syscall.SIGTERM)
 	d2.Wait()
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.TempCgroup(t)
+	pin := testenv.TempPinDir(t)
+	ns := testenv.NewNetns(t)
+	in := testenv.Endpoint{Netns: ns, Cgroup: &cg}
+	d := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin)
+	m := regexp.MustCompile(`"msg":"serving metrics","addr":"([^"]+)"`).FindStringSubmatch(d.log.String())
+	if m == nil {
+		t.Fatalf("daemon did not log its metrics address: %s", d.log.String())
+	}
+	base := "http://" + m[1]
+
+	ln := in.Listen(t, "tcp4", "127.0.0.1:9003")
+	pairs := testenv.Connect(t, in, ln, "tcp4", "127.0.0.1:9003", 2)
+	testenv.ExchangeAll(t, pairs[:1], 1<<20, 1<<20, 1)
+
+	get := func(path string) string {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %s: %s", path, resp.Status, body)
+		}
+		return string(body)
+	}
+	metrics := get("/metrics")
+	for _, want := range []string{
+		"sockaccel_attached 1",
+		"sockaccel_msg_redirected_bytes_total 2097152",
+		"sockaccel_conntrack_entries 1",
+		`sockaccel_conntrack_closed_total{by="close_callback"} 1`,
+		`sockaccel_sockets_not_accelerated_total{reason="map_full"} 0`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, metrics)
+		}
+	}
+	var st map[string]any
+	if err := json.Unmarshal([]byte(get("/status")), &st); err != nil || st["redirected_bytes"] != float64(2<<20) {
+		t.Errorf("/status: %v %v", err, st)
+	}
+	var conns []map[string]any
+	if err := json.Unmarshal([]byte(get("/conns")), &conns); err != nil || len(conns) != 1 {
+		t.Errorf("/conns: %v %v", err, conns)
+	}
+	if got := get("/healthz"); got != "ok\n" {
+		t.Errorf("/healthz: %q", got)
+	}
+	pairs[1].Client.Close()
+	pairs[1].Server.Close()
+	d.Process.Signal(syscall.SIGTERM)
+	if err := d.Wait(); err != nil {
+		t.Errorf("daemon exit: %v", err)
+	}
 }

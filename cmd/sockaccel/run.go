@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os/signal"
 	"syscall"
 
@@ -24,6 +25,7 @@ func runDaemon(args []string) error {
 	logFormat := fs.String("log-format", "", "console, json or journal (default: journal under systemd, else console)")
 	conntrack := fs.Bool("conntrack", true, "track connections (conns, close callback, fallback GC); false turns the whole feature off")
 	gcInterval := fs.Duration("gc-interval", accel.DefaultGCInterval, "how often the fallback GC runs while connections are tracked")
+	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "listen address for /metrics, /status, /conns and /healthz; empty disables")
 	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating and remove the pins, after applications read what was already redirected")
 	cleanupTimeout := fs.Duration("cleanup-timeout", accel.DefaultDrainTimeout, "with --cleanup-on-exit: how long to wait for redirected bytes to be read")
 	if err := parseFlags(fs, args); err != nil {
@@ -60,6 +62,16 @@ func runDaemon(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	// Listen before attaching: a bad address must leave nothing behind.
+	var httpLn net.Listener
+	if *metricsAddr != "" {
+		httpLn, err = net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen on --metrics-addr %s: %w", *metricsAddr, err)
+		}
+		defer httpLn.Close()
+	}
+
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("remove memlock limit: %w", err)
 	}
@@ -85,6 +97,17 @@ func runDaemon(args []string) error {
 		zap.Bool("conntrack", *conntrack),
 		zap.Bool("adopted", a.Adopted()),
 		zap.String("version", version))
+
+	var httpDone <-chan error
+	if httpLn != nil {
+		httpDone = serve(ctx, httpLn, a, log.Named("http"))
+		log.Info("serving metrics", zap.Stringer("addr", httpLn.Addr()))
+	}
+	defer func() {
+		if httpDone != nil {
+			<-httpDone
+		}
+	}()
 
 	gcDone := make(chan error, 1)
 	go func() { gcDone <- a.RunGC(ctx, *gcInterval) }()
