@@ -24,15 +24,15 @@ import (
 	"github.com/sockaccel/sockaccel/accel/testenv"
 )
 
-var binary string
+var sockaccelBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "sockaccel-bin")
 	if err != nil {
 		panic(err)
 	}
-	binary = filepath.Join(dir, "sockaccel")
-	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	sockaccelBin = filepath.Join(dir, "sockaccel")
+	out, err := exec.Command("go", "build", "-o", sockaccelBin, ".").CombinedOutput()
 	if err != nil {
 		os.Stderr.Write(out)
 		panic(err)
@@ -49,7 +49,7 @@ type result struct {
 
 func sockaccel(t *testing.T, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
+	cmd := exec.Command(sockaccelBin, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -192,7 +192,7 @@ type daemon struct {
 // accelerating.
 func startDaemon(t *testing.T, args ...string) daemon {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0"}, args...)...)
+	cmd := exec.Command(sockaccelBin, append([]string{"run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0"}, args...)...)
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {

@@ -9,9 +9,10 @@ import (
 )
 
 // newLogger builds the root logger. Formats:
-//   - journal: what journald indexes well from stdout: a <N> syslog priority
-//     prefix per line (so journalctl -p works), no timestamp (journald adds
-//     its own), then the constant message and logfmt-like fields.
+//   - journal: journald's native protocol, each zap field its own indexed
+//     journal field (see journalCore); if the journal socket is missing, a
+//     <N> priority prefix per line on stderr (so journalctl -p still works),
+//     no timestamp (journald adds its own), then message and fields.
 //   - json: one JSON object per line, for log shippers.
 //   - console: human-readable with timestamps.
 //
@@ -38,6 +39,9 @@ func newLogger(format, level string) (*zap.Logger, error) {
 		enc.EncodeLevel = zapcore.CapitalLevelEncoder
 		encoder = zapcore.NewConsoleEncoder(enc)
 	case "journal":
+		if core, err := newJournalCore(lvl, journalSocket); err == nil {
+			return zap.New(core), nil
+		}
 		enc.TimeKey = zapcore.OmitKey
 		enc.CallerKey = zapcore.OmitKey
 		enc.EncodeLevel = syslogPriority
@@ -52,16 +56,5 @@ func newLogger(format, level string) (*zap.Logger, error) {
 
 // syslogPriority writes the sd-daemon(3) level prefix journald parses.
 func syslogPriority(l zapcore.Level, enc zapcore.PrimitiveArrayEncoder) {
-	prio := 6 // info
-	switch {
-	case l >= zapcore.DPanicLevel:
-		prio = 2
-	case l == zapcore.ErrorLevel:
-		prio = 3
-	case l == zapcore.WarnLevel:
-		prio = 4
-	case l == zapcore.DebugLevel:
-		prio = 7
-	}
-	enc.AppendString(fmt.Sprintf("<%d>", prio))
+	enc.AppendString(fmt.Sprintf("<%d>", priority(l)))
 }
