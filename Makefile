@@ -11,7 +11,9 @@ BIN := bin/sockaccel
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all generate check-generate build test lint clean bench
+PREFIX ?= /usr/local
+
+.PHONY: all generate check-generate build test lint clean bench install
 
 all: generate build
 
@@ -33,6 +35,10 @@ test: build
 lint:
 	gofmt -l . | tee /dev/stderr | (! read)
 	$(GO) vet ./...
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sockaccel
+	install -D -m 0644 systemd/sockaccel.service $(DESTDIR)/etc/systemd/system/sockaccel.service
 
 clean:
 	rm -rf bin
