@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,10 +30,11 @@ const DefaultMaxConns = 65536
 
 // Pin layout below the pin dir. Maps are pinned by name at the top level.
 const (
-	linkDir       = "links"
-	progDir       = "progs"
-	sockOpsLink   = linkDir + "/sockops"
-	skMsgProgName = progDir + "/sk_msg"
+	linkDir        = "links"
+	progDir        = "progs"
+	sockOpsLink    = linkDir + "/sockops"
+	setsockoptLink = linkDir + "/setsockopt"
+	skMsgProgName  = progDir + "/sk_msg"
 )
 
 // Config is what the daemon loads and attaches.
@@ -42,8 +45,12 @@ type Config struct {
 	ExcludePorts []uint16
 	ExcludeCIDRs []netip.Prefix
 	// DisableConntrack turns connection tracking, the close callback and
-	// the GC off (--conntrack=false).
+	// the GC off (--conntrack=false). The backlog bound lives in the
+	// conntrack entry, so it goes too.
 	DisableConntrack bool
+	// BacklogBytes bounds redirected-but-unread bytes per direction; 0
+	// means the receiver's receive buffer.
+	BacklogBytes uint32
 }
 
 // Accelerator holds the loaded objects of a running daemon. Closing it
@@ -53,7 +60,7 @@ type Accelerator struct {
 	cfg     Config
 	log     *zap.Logger
 	objs    accelObjects
-	sockOps link.Link
+	links   []link.Link
 	adopted bool
 	gcOnce  sync.Once
 	gcState *gc
@@ -125,15 +132,23 @@ func (a *Accelerator) start() error {
 	if a.cfg.DisableConntrack {
 		flags |= uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK)
 	}
-	if err := a.setFlags(flags); err != nil {
+	rmemMax, err := tcpRmemMax()
+	if err != nil {
 		return err
 	}
+	if err := a.objs.SaConfig.Put(uint32(0), accelAccelConfig{Flags: flags, BacklogBytes: a.cfg.BacklogBytes, RcvbufMax: rmemMax}); err != nil {
+		return fmt.Errorf("write config map: %w", err)
+	}
 	// sk_msg first: a socket inserted by sock_ops takes the SOCKHASH's
-	// programs at insertion time, so it must already be there.
+	// programs at insertion time, so it must already be there. setsockopt
+	// before sock_ops, so no socket is established unseen.
 	if err := a.attachSkMsg(); err != nil {
 		return err
 	}
-	return a.attachSockOps()
+	if err := a.attachCgroup(setsockoptLink, ebpf.AttachCGroupSetsockopt, a.objs.SockaccelSetsockopt); err != nil {
+		return err
+	}
+	return a.attachCgroup(sockOpsLink, ebpf.AttachCGroupSockOps, a.objs.SockaccelSockops)
 }
 
 func (a *Accelerator) attachSkMsg() error {
@@ -160,8 +175,12 @@ func (a *Accelerator) attachSkMsg() error {
 	return nil
 }
 
-func (a *Accelerator) attachSockOps() error {
-	path := filepath.Join(a.cfg.PinDir, sockOpsLink)
+// attachCgroup attaches prog to the target cgroup through a pinned link at
+// pin (relative to the pin dir), or adopts the link an earlier run pinned
+// there and swaps its program atomically. bpf_link cgroup attachments are
+// always multi: other agents' programs on this or parent cgroups stay.
+func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebpf.Program) error {
+	path := filepath.Join(a.cfg.PinDir, pin)
 	want, err := cgroup.Inode(a.cfg.Cgroup.Path)
 	if err != nil {
 		return err
@@ -179,25 +198,20 @@ func (a *Accelerator) attachSockOps() error {
 			return fmt.Errorf("sockaccel is already attached to another cgroup (id %d) through %s; run 'sockaccel cleanup --pin-dir %s' first",
 				got, a.cfg.PinDir, a.cfg.PinDir)
 		}
-		// Same cgroup: swap in this build's program atomically.
-		if err := l.Update(a.objs.SockaccelSockops); err != nil {
+		if err := l.Update(prog); err != nil {
 			l.Close()
-			return fmt.Errorf("update pinned sock_ops link: %w", err)
+			return fmt.Errorf("update pinned link %s: %w", path, err)
 		}
-		a.sockOps = l
-		a.log.Info("adopted sock_ops link", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+		a.links = append(a.links, l)
+		a.log.Info("adopted cgroup link", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 		return nil
 	case !errors.Is(err, os.ErrNotExist):
-		return fmt.Errorf("load pinned sock_ops link %s: %w", path, err)
+		return fmt.Errorf("load pinned link %s: %w", path, err)
 	}
 
-	l, err = link.AttachCgroup(link.CgroupOptions{
-		Path:    a.cfg.Cgroup.Path,
-		Attach:  ebpf.AttachCGroupSockOps,
-		Program: a.objs.SockaccelSockops,
-	})
+	l, err = link.AttachCgroup(link.CgroupOptions{Path: a.cfg.Cgroup.Path, Attach: attach, Program: prog})
 	if err != nil {
-		return fmt.Errorf("attach sock_ops to %s: %w", a.cfg.Cgroup.Path, err)
+		return fmt.Errorf("attach %s to %s: %w", attach, a.cfg.Cgroup.Path, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		l.Close()
@@ -207,10 +221,10 @@ func (a *Accelerator) attachSockOps() error {
 		// Without bpf_link the attachment dies with this process, which
 		// would break the promise that restarts do not touch connections.
 		l.Close()
-		return fmt.Errorf("pin sock_ops link (needs cgroup bpf_link, Linux 5.7+): %w", err)
+		return fmt.Errorf("pin %s link (needs cgroup bpf_link, Linux 5.7+): %w", attach, err)
 	}
-	a.sockOps = l
-	a.log.Info("attached sock_ops", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+	a.links = append(a.links, l)
+	a.log.Info("attached to cgroup", zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 	return nil
 }
 
@@ -275,22 +289,34 @@ func (a *Accelerator) SetExclusions(ports []uint16, cidrs []netip.Prefix) error 
 	return nil
 }
 
-func (a *Accelerator) setFlags(flags uint32) error {
-	if err := a.objs.SaConfig.Put(uint32(0), accelAccelConfig{Flags: flags}); err != nil {
-		return fmt.Errorf("write config map: %w", err)
-	}
-	return nil
-}
-
 // Close releases this process's handles. Pins keep everything running.
 func (a *Accelerator) Close() error {
 	var errs []error
-	if a.sockOps != nil {
+	for _, l := range a.links {
 		// Closing a pinned link does not detach it.
-		errs = append(errs, a.sockOps.Close())
+		errs = append(errs, l.Close())
 	}
 	errs = append(errs, a.objs.Close())
 	return errors.Join(errs...)
+}
+
+// tcpRmemMax is net.ipv4.tcp_rmem[2]: how far TCP autotuning may grow a
+// receive buffer, and so how much TCP itself would let a peer queue.
+func tcpRmemMax() (uint32, error) {
+	const path = "/proc/sys/net/ipv4/tcp_rmem"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 {
+		return 0, fmt.Errorf("parse %s: %q", path, b)
+	}
+	v, err := strconv.ParseUint(f[2], 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("parse %s: %w", path, err)
+	}
+	return uint32(v), nil
 }
 
 func replacePorts(m *ebpf.Map, ports []uint16) error {

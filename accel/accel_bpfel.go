@@ -14,9 +14,11 @@ import (
 )
 
 type accelAccelConfig struct {
-	_     structs.HostLayout
-	Flags uint32
-	Pad   uint32
+	_            structs.HostLayout
+	Flags        uint32
+	BacklogBytes uint32
+	RcvbufMax    uint32
+	Pad          uint32
 }
 
 type accelAccelStats struct {
@@ -38,6 +40,8 @@ type accelAccelStats struct {
 	CtCreated       uint64
 	CtFull          uint64
 	ClosedDirect    uint64
+	OffBacklog      uint64
+	OffSetsockopt   uint64
 }
 
 type accelCidrKey struct {
@@ -61,8 +65,9 @@ type accelCtEntry struct {
 	EstablishedNs uint64
 	Msgs          [2]uint64
 	Bytes         [2]uint64
+	Sk            [2]uint64
 	Closed        uint32
-	Pad           uint32
+	Off           uint32
 }
 
 type accelCtSide uint32
@@ -86,6 +91,8 @@ const (
 	accelSockFlagsSOCK_F_TCP_PATH   accelSockFlags = 1
 	accelSockFlagsSOCK_F_REDIRECTED accelSockFlags = 2
 	accelSockFlagsSOCK_F_TRACKED    accelSockFlags = 4
+	accelSockFlagsSOCK_F_NO_INGRESS accelSockFlags = 8
+	accelSockFlagsSOCK_F_NO_ACCEL   accelSockFlags = 16
 )
 
 type accelSockKey struct {
@@ -110,20 +117,21 @@ type accelSockState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	accelMapSaConfig           = "sa_config"
-	accelMapSaConntrack        = "sa_conntrack"
-	accelMapSaExclCidrs        = "sa_excl_cidrs"
-	accelMapSaExclPorts        = "sa_excl_ports"
-	accelMapSaGc               = "sa_gc"
-	accelMapSaGcWake           = "sa_gc_wake"
-	accelMapSaSockState        = "sa_sock_state"
-	accelMapSaSockhash         = "sa_sockhash"
-	accelMapSaStats            = "sa_stats"
-	accelProgSockaccelRedirect = "sockaccel_redirect"
-	accelProgSockaccelSockops  = "sockaccel_sockops"
-	accelVarUnusedConfigFlags  = "unused_config_flags"
-	accelVarUnusedCtSide       = "unused_ct_side"
-	accelVarUnusedSockFlags    = "unused_sock_flags"
+	accelMapSaConfig             = "sa_config"
+	accelMapSaConntrack          = "sa_conntrack"
+	accelMapSaExclCidrs          = "sa_excl_cidrs"
+	accelMapSaExclPorts          = "sa_excl_ports"
+	accelMapSaGc                 = "sa_gc"
+	accelMapSaGcWake             = "sa_gc_wake"
+	accelMapSaSockState          = "sa_sock_state"
+	accelMapSaSockhash           = "sa_sockhash"
+	accelMapSaStats              = "sa_stats"
+	accelProgSockaccelRedirect   = "sockaccel_redirect"
+	accelProgSockaccelSetsockopt = "sockaccel_setsockopt"
+	accelProgSockaccelSockops    = "sockaccel_sockops"
+	accelVarUnusedConfigFlags    = "unused_config_flags"
+	accelVarUnusedCtSide         = "unused_ct_side"
+	accelVarUnusedSockFlags      = "unused_sock_flags"
 )
 
 // loadAccel returns the embedded CollectionSpec for accel.
@@ -168,8 +176,9 @@ type accelSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelProgramSpecs struct {
-	SockaccelRedirect *ebpf.ProgramSpec `ebpf:"sockaccel_redirect"`
-	SockaccelSockops  *ebpf.ProgramSpec `ebpf:"sockaccel_sockops"`
+	SockaccelRedirect   *ebpf.ProgramSpec `ebpf:"sockaccel_redirect"`
+	SockaccelSetsockopt *ebpf.ProgramSpec `ebpf:"sockaccel_setsockopt"`
+	SockaccelSockops    *ebpf.ProgramSpec `ebpf:"sockaccel_sockops"`
 }
 
 // accelMapSpecs contains maps before they are loaded into the kernel.
@@ -254,13 +263,15 @@ type accelVariables struct {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelPrograms struct {
-	SockaccelRedirect *ebpf.Program `ebpf:"sockaccel_redirect"`
-	SockaccelSockops  *ebpf.Program `ebpf:"sockaccel_sockops"`
+	SockaccelRedirect   *ebpf.Program `ebpf:"sockaccel_redirect"`
+	SockaccelSetsockopt *ebpf.Program `ebpf:"sockaccel_setsockopt"`
+	SockaccelSockops    *ebpf.Program `ebpf:"sockaccel_sockops"`
 }
 
 func (p *accelPrograms) Close() error {
 	return _AccelClose(
 		p.SockaccelRedirect,
+		p.SockaccelSetsockopt,
 		p.SockaccelSockops,
 	)
 }

@@ -61,6 +61,24 @@ func (r *backlogReader) Close() error {
 	return r.objs.Close()
 }
 
+// BacklogReader reads the backlog of one sockhash repeatedly.
+type BacklogReader struct{ r *backlogReader }
+
+// OpenBacklog prepares repeated backlog reads of sockhash.
+func OpenBacklog(sockhash *ebpf.Map) (*BacklogReader, error) {
+	r, err := newBacklogReader(sockhash)
+	if err != nil {
+		return nil, err
+	}
+	return &BacklogReader{r}, nil
+}
+
+// Read walks the sockhash once.
+func (b *BacklogReader) Read() (Backlog, error) { return b.r.read() }
+
+// Close releases the iterator.
+func (b *BacklogReader) Close() error { return b.r.Close() }
+
 // ReadBacklog reports the unread redirected bytes held by the sockets in
 // the given sockhash.
 func ReadBacklog(sockhash *ebpf.Map) (Backlog, error) {

@@ -82,20 +82,8 @@ func CleanupWith(ctx context.Context, pinDir string, log *zap.Logger, opts Clean
 		m.Close()
 	}
 
-	linkPath := filepath.Join(pinDir, sockOpsLink)
-	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
-		// Detach even if a running daemon still holds the link open.
-		if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
-			errs = append(errs, fmt.Errorf("detach sock_ops: %w", err))
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin sock_ops link: %w", err))
-		}
-		l.Close()
-		log.Info("detached sock_ops", zap.String("pin", linkPath))
-	} else if !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("load pinned sock_ops link %s: %w", linkPath, err))
-	}
+	// sock_ops and setsockopt first: no new sockets.
+	errs = append(errs, detachLinks(pinDir, log, func(name string) bool { return name == "sockops" || name == "setsockopt" })...)
 
 	hashPath := filepath.Join(pinDir, accelMapSaSockhash)
 	hash, err := ebpf.LoadPinnedMap(hashPath, nil)
@@ -108,6 +96,8 @@ func CleanupWith(ctx context.Context, pinDir string, log *zap.Logger, opts Clean
 	case !errors.Is(err, os.ErrNotExist):
 		errs = append(errs, fmt.Errorf("load pinned sockhash: %w", err))
 	}
+
+	errs = append(errs, detachLinks(pinDir, log, func(string) bool { return true })...)
 
 	progPath := filepath.Join(pinDir, skMsgProgName)
 	if prog, err := ebpf.LoadPinnedProgram(progPath, nil); err == nil {
@@ -141,6 +131,40 @@ func CleanupWith(ctx context.Context, pinDir string, log *zap.Logger, opts Clean
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// detachLinks detaches, unpins and closes the pinned links in pinDir/links
+// whose names match, even if a running daemon still holds them open.
+func detachLinks(pinDir string, log *zap.Logger, match func(string) bool) []error {
+	dir := filepath.Join(pinDir, linkDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return []error{fmt.Errorf("list %s: %w", dir, err)}
+	}
+	var errs []error
+	for _, e := range entries {
+		if !match(e.Name()) {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("load pinned link %s: %w", path, err))
+			continue
+		}
+		if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
+			errs = append(errs, fmt.Errorf("detach %s: %w", e.Name(), err))
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
+		}
+		l.Close()
+		log.Info("detached", zap.String("link", e.Name()))
+	}
+	return errs
 }
 
 // drainSettle is how long the backlog must read zero before the sockets are

@@ -50,6 +50,9 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`reason="insert_error"`, s.InsertErrors},
 		sample{`reason="storage_error"`, s.StorageErrors},
 		sample{`reason="disabled"`, s.Disabled})
+	metric("sockaccel_directions_off_total", "counter", "Connection directions taken off the fast path for good, by reason.",
+		sample{`reason="backlog"`, s.OffBacklog},
+		sample{`reason="setsockopt"`, s.OffSetsockopt})
 	metric("sockaccel_conntrack_closed_total", "counter", "Conntrack entries removed, by what removed them.",
 		sample{`by="close_callback"`, s.ClosedDirect},
 		sample{`by="gc"`, s.Conntrack.ClosedGC})

@@ -56,6 +56,9 @@ type Stats struct {
 	CtCreated       uint64 `json:"conntrack_created"`
 	CtFull          uint64 `json:"conntrack_full"`
 	ClosedDirect    uint64 `json:"closed_direct"`
+	// Directions taken off the fast path for good, by reason.
+	OffBacklog    uint64 `json:"off_backlog"`
+	OffSetsockopt uint64 `json:"off_setsockopt"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -183,6 +186,8 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.CtCreated += c.CtCreated
 		s.CtFull += c.CtFull
 		s.ClosedDirect += c.ClosedDirect
+		s.OffBacklog += c.OffBacklog
+		s.OffSetsockopt += c.OffSetsockopt
 	}
 	return s, nil
 }

@@ -14,6 +14,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+
 #include "accel.h"
 
 #define AF_INET 2
@@ -37,7 +38,20 @@ struct sock_cgroup_data {
 } __attribute__((preserve_access_index));
 struct sock {
 	struct sock_cgroup_data sk_cgrp_data;
+	int sk_rcvbuf;
+	int sk_rcvlowat;
+	void *sk_user_data;
 } __attribute__((preserve_access_index));
+struct sk_psock {
+	__u32 msg_tot_len;
+} __attribute__((preserve_access_index));
+
+/* sk_user_data carries flag bits below the psock pointer. */
+#define SK_USER_DATA_PTRMASK (~7UL)
+#define SOL_SOCKET 1
+#define SO_RCVLOWAT 18
+#define IPPROTO_TCP 6
+#define TCP_ULP 31
 
 /* Keep the flag enums in BTF so bpf2go emits them for the Go side. */
 const enum config_flags *unused_config_flags __attribute__((unused));
@@ -168,15 +182,16 @@ static __always_inline int addr_excluded(const __u32 addr[4])
 	return bpf_map_lookup_elem(&sa_excl_cidrs, &k) != NULL;
 }
 
+static __always_inline struct sock *kernel_sock(struct bpf_sock *sk)
+{
+	return (struct sock *)bpf_skc_to_tcp_sock(sk);
+}
+
 /* The cgroup v2 id the socket is charged to (its creator's, or its
  * listener's for accepted sockets); sock_ops has no helper for it. */
-static __always_inline __u64 sock_cgroup_id(struct bpf_sock *sk)
+static __always_inline __u64 sock_cgroup_id(struct sock *s)
 {
-	struct sock *s = (struct sock *)bpf_skc_to_tcp_sock(sk);
-
-	if (!s)
-		return 0;
-	return s->sk_cgrp_data.cgroup->kn->id;
+	return s ? s->sk_cgrp_data.cgroup->kn->id : 0;
 }
 
 static __always_inline void gc_wake(void)
@@ -198,7 +213,8 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 {
 	__u32 side = state->side & 1;
 	__u64 cookie = bpf_get_socket_cookie(skops);
-	__u64 cgroup_id = sock_cgroup_id(sk);
+	struct sock *ks = kernel_sock(sk);
+	__u64 cgroup_id = sock_cgroup_id(ks);
 	struct ct_entry *e;
 	long err;
 
@@ -222,6 +238,9 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 	}
 	e->cookie[side] = cookie;
 	e->cgroup_id[side] = cgroup_id;
+	e->sk[side] = (__u64)(unsigned long)sk;
+	if (state->flags & SOCK_F_NO_INGRESS)
+		__sync_fetch_and_or(&e->off, 1U << (side ^ 1));
 	state->flags |= SOCK_F_TRACKED;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
@@ -236,6 +255,7 @@ static __always_inline void ct_close(struct bpf_sock_ops *skops)
 	struct bpf_sock *sk = skops->sk;
 	struct ct_entry *e;
 	__u32 side, bit, mask, old;
+	__u64 cookie;
 
 	if (!sk || !st)
 		return;
@@ -243,12 +263,13 @@ static __always_inline void ct_close(struct bpf_sock_ops *skops)
 	if (!state || !(state->flags & SOCK_F_TRACKED))
 		return;
 	state->flags &= ~SOCK_F_TRACKED;
+	cookie = bpf_get_socket_cookie(skops);
 	e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 	if (!e)
 		return;
 	side = state->side & 1;
 	/* A newer connection may own this key now: only our own entry. */
-	if (e->cookie[side] != bpf_get_socket_cookie(skops))
+	if (e->cookie[side] != cookie)
 		return;
 	bit = 1U << side;
 	old = __sync_fetch_and_or(&e->closed, bit);
@@ -338,13 +359,28 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		__sync_fetch_and_add(&st->storage_errors, 1);
 		return;
 	}
+	/* Keep what setsockopt said before establishment. */
+	state->flags &= SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL;
+	if (state->flags & SOCK_F_NO_ACCEL) {
+		__sync_fetch_and_add(&st->off_setsockopt, 1);
+		return;
+	}
+	/* SO_RCVLOWAT is inherited from the listener; poll on the psock
+	 * queue ignores it, so nothing may be redirected into this socket. */
+	{
+		struct sock *ks = kernel_sock(sk);
+
+		if (ks && ks->sk_rcvlowat > 1 && !(state->flags & SOCK_F_NO_INGRESS)) {
+			state->flags |= SOCK_F_NO_INGRESS;
+			__sync_fetch_and_add(&st->off_setsockopt, 1);
+		}
+	}
 	__builtin_memcpy(state->peer.local_ip, key.remote_ip, sizeof(key.remote_ip));
 	__builtin_memcpy(state->peer.remote_ip, key.local_ip, sizeof(key.local_ip));
 	state->peer.local_isn = key.remote_isn;
 	state->peer.remote_isn = key.local_isn;
 	state->peer.local_port = key.remote_port;
 	state->peer.remote_port = key.local_port;
-	state->flags = 0;
 	/* The conntrack key is the client end's key, known to both ends. */
 	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
 		state->side = CT_SIDE_ACTIVE;
@@ -386,49 +422,148 @@ int sockaccel_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+static __always_inline struct accel_config *config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&sa_config, &zero);
+}
+
+/* Whether queueing size more bytes at the receiver would exceed the bound.
+ * The receiver's unread redirected bytes are its psock's msg_tot_len, the
+ * kernel's own accounting, read through BTF. */
+static __always_inline int backlog_exceeded(struct ct_entry *e, __u32 dir, struct accel_config *cfg, __u64 size)
+{
+	struct sock *peer = (struct sock *)e->sk[dir ^ 1];
+	struct sk_psock *psock;
+	unsigned long user_data;
+	__u32 queued = 0;
+	int rcvbuf = 0;
+	__u64 bound;
+
+	if (!peer)
+		return 0;
+	if (bpf_probe_read_kernel(&user_data, sizeof(user_data), &peer->sk_user_data))
+		return 0;
+	psock = (struct sk_psock *)(user_data & SK_USER_DATA_PTRMASK);
+	if (!psock || bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len))
+		return 0;
+	bound = cfg->backlog_bytes;
+	if (!bound) {
+		if (bpf_probe_read_kernel(&rcvbuf, sizeof(rcvbuf), &peer->sk_rcvbuf) || rcvbuf <= 0)
+			return 0;
+		bound = (__u32)rcvbuf > cfg->rcvbuf_max ? (__u32)rcvbuf : cfg->rcvbuf_max;
+	}
+	return queued + size > bound;
+}
+
 SEC("sk_msg")
 int sockaccel_redirect(struct sk_msg_md *msg)
 {
 	struct accel_stats *st = stats();
+	struct accel_config *cfg = config();
+	struct ct_entry *e = NULL;
 	struct sock_state *state;
 	struct bpf_sock *sk = msg->sk;
 	__u64 size = msg->size;
-	__u32 flags;
+	__u32 flags, dir;
 
-	if (!st || !sk)
+	if (!st || !sk || !cfg)
 		return SK_PASS;
+	flags = cfg->flags;
 
 	state = bpf_sk_storage_get(&sa_sock_state, sk, 0, 0);
-	flags = config_flags();
-	if (state && !(state->flags & SOCK_F_TCP_PATH) && !(flags & CONFIG_F_NO_REDIRECT)) {
-		if (bpf_msg_redirect_hash(msg, &sa_sockhash, &state->peer,
-					  BPF_F_INGRESS) == SK_PASS) {
-			state->flags |= SOCK_F_REDIRECTED;
-			st->redirected_msgs++;
-			st->redirected_bytes += size;
-			/* The one lookup beyond what the redirect needs. Each
-			 * direction is written only by its sender, under its
-			 * socket lock, so plain adds suffice. */
-			if ((state->flags & SOCK_F_TRACKED) && !(flags & CONFIG_F_NO_CONNTRACK)) {
-				struct ct_entry *e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
-				__u32 dir = state->side & 1;
+	if (!state || (state->flags & SOCK_F_TCP_PATH) || (flags & CONFIG_F_NO_REDIRECT))
+		goto pass;
+	dir = state->side & 1;
 
-				if (e) {
-					e->msgs[dir]++;
-					e->bytes[dir] += size;
-				}
-			}
-			return SK_PASS;
-		}
-		/* The helper refused: the peer is not in the map (not yet
-		 * established, outside scope, or gone). */
-		if (state->flags & SOCK_F_REDIRECTED)
-			st->redirect_errors++;
+	if (state->flags & SOCK_F_TRACKED) {
+		/* The one lookup beyond what the redirect needs: it carries
+		 * the per-direction counters and the backlog bound. */
+		e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 	}
+	if (e && (e->off & (1U << dir)))
+		goto pass; /* the receiver cannot take redirected bytes */
+	if (e && backlog_exceeded(e, dir, cfg, size)) {
+		/* Redirected bytes are charged to nobody the sender waits on:
+		 * past the bound, hand this direction to TCP's flow control.
+		 * One way only: the receiver reads its redirect queue before
+		 * its TCP queue, so going back could reorder. */
+		if (e)
+			__sync_fetch_and_or(&e->off, 1U << dir);
+		__sync_fetch_and_add(&st->off_backlog, 1);
+		goto pass;
+	}
+
+	if (bpf_msg_redirect_hash(msg, &sa_sockhash, &state->peer, BPF_F_INGRESS) == SK_PASS) {
+		state->flags |= SOCK_F_REDIRECTED;
+		st->redirected_msgs++;
+		st->redirected_bytes += size;
+		if (e) {
+			/* Each direction is written only by its sender, under
+			 * its socket lock. */
+			e->msgs[dir]++;
+			e->bytes[dir] += size;
+		}
+		return SK_PASS;
+	}
+	/* The helper refused: the peer is not in the map (not yet
+	 * established, outside scope, or gone). */
+	if (state->flags & SOCK_F_REDIRECTED)
+		st->redirect_errors++;
+pass:
 	/* From here on this direction stays on TCP (see SOCK_F_TCP_PATH). */
 	if (state && size)
 		state->flags |= SOCK_F_TCP_PATH;
 	st->passed_msgs++;
 	st->passed_bytes += size;
 	return SK_PASS;
+}
+
+/* Takes one direction of a tracked connection off the fast path for good:
+ * its sender sees the bit on its next send. What is already queued stays
+ * readable by recvmsg. */
+static __always_inline int direction_off(struct ct_entry *e, __u32 dir)
+{
+	__u32 bit = 1U << (dir & 1);
+
+	return !(__sync_fetch_and_or(&e->off, bit) & bit);
+}
+
+/* Socket options whose semantics the redirect path does not honour, seen
+ * before the first redirected byte when set early. SO_RCVLOWAT (poll
+ * ignores it on the redirect queue) keeps redirected bytes out of the
+ * socket; a ULP such as kTLS keeps the socket off the fast path. */
+SEC("cgroup/setsockopt")
+int sockaccel_setsockopt(struct bpf_sockopt *ctx)
+{
+	struct accel_stats *st = stats();
+	struct bpf_sock *sk = ctx->sk;
+	struct sock_state *state;
+	int level = ctx->level, optname = ctx->optname;
+	__u32 mark;
+	struct ct_entry *e;
+
+	if (!st || !sk)
+		return 1;
+	if (level == SOL_SOCKET && optname == SO_RCVLOWAT)
+		mark = SOCK_F_NO_INGRESS;
+	else if (level == IPPROTO_TCP && optname == TCP_ULP)
+		mark = SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH;
+	else
+		return 1;
+	state = bpf_sk_storage_get(&sa_sock_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!state || (state->flags & mark) == mark)
+		return 1;
+	state->flags |= mark;
+	__sync_fetch_and_add(&st->off_setsockopt, 1);
+	if (state->flags & SOCK_F_TRACKED) {
+		e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
+		if (e) {
+			direction_off(e, (state->side & 1) ^ 1);
+			if (mark & SOCK_F_NO_ACCEL)
+				direction_off(e, state->side & 1);
+		}
+	}
+	return 1;
 }

@@ -52,8 +52,13 @@ struct ct_entry {
 	__u64 established_ns; /* CLOCK_MONOTONIC when the first end established */
 	__u64 msgs[2];      /* messages redirected, per direction */
 	__u64 bytes[2];     /* bytes redirected, per direction */
+	/* Kernel address of each local end's struct sock, for reading its
+	 * psock backlog through BTF. Only ever dereferenced with
+	 * bpf_probe_read_kernel: a stale address after close yields a wrong
+	 * reading at worst, and the redirect itself goes by key. */
+	__u64 sk[2];
 	__u32 closed;       /* bit per side that reached TCP_CLOSE */
-	__u32 _pad;
+	__u32 off;          /* bit per direction taken off the fast path for good */
 };
 
 /* Shared between the programs and the daemon's GC. */
@@ -76,11 +81,21 @@ enum sock_flags {
 	SOCK_F_REDIRECTED = 1 << 1,
 	/* This end is recorded in a conntrack entry (ct_key, side). */
 	SOCK_F_TRACKED = 1 << 2,
+	/* Nothing may be redirected into this socket (set by setsockopt or
+	 * receive-side detection, possibly before it is established). */
+	SOCK_F_NO_INGRESS = 1 << 3,
+	/* Never accelerate this socket at all (e.g. a ULP is installed). */
+	SOCK_F_NO_ACCEL = 1 << 4,
 };
 
 /* Runtime switches the daemon flips without reloading programs. */
 struct accel_config {
 	__u32 flags; /* CONFIG_F_* */
+	/* Bound on redirected-but-unread bytes per direction. 0 means what
+	 * TCP would let the receiver queue: its receive buffer, or as far as
+	 * autotuning may grow it (rcvbuf_max), whichever is larger. */
+	__u32 backlog_bytes;
+	__u32 rcvbuf_max; /* net.ipv4.tcp_rmem[2], written by the daemon */
 	__u32 _pad;
 };
 
@@ -123,6 +138,9 @@ struct accel_stats {
 	__u64 ct_created;       /* conntrack entries created */
 	__u64 ct_full;          /* conntrack at capacity: connection not tracked */
 	__u64 closed_direct;    /* conntrack entries removed by the close callback */
+	/* Directions taken off the fast path for good, by reason. */
+	__u64 off_backlog;      /* receiver fell behind by more than the bound */
+	__u64 off_setsockopt;   /* SO_RCVLOWAT or TCP_ULP set on the socket */
 };
 
 #endif

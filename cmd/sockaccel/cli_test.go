@@ -330,7 +330,11 @@ func TestKillDuringTransfer(t *testing.T) {
 	ns := testenv.NewNetns(t)
 	in := testenv.Endpoint{Netns: ns, Cgroup: &cg}
 
-	d := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin)
+	// The slow readers let up to the whole stream queue; a backlog bound
+	// above it keeps every byte on the fast path, so the counters can prove
+	// nothing fell back across the kill.
+	bound := "--backlog-bytes=67108864"
+	d := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin, bound)
 	ln := in.Listen(t, "tcp4", "127.0.0.1:9002")
 	const conns, size = 8, 40 << 20
 	pairs := testenv.Connect(t, in, ln, "tcp4", "127.0.0.1:9002", conns)
@@ -346,7 +350,7 @@ func TestKillDuringTransfer(t *testing.T) {
 	d.Wait()
 	atKill := status(t, pin)["redirected_bytes"].(float64)
 
-	d2 := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin)
+	d2 := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin, bound)
 	if n := sockOpsPrograms(t, cg.Path); n != 1 {
 		t.Errorf("%d sock_ops programs after restart, want 1", n)
 	}

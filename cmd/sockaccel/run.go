@@ -25,6 +25,7 @@ func runDaemon(args []string) error {
 	logFormat := fs.String("log-format", "", "console, json or journal (default: journal under systemd, else console)")
 	conntrack := fs.Bool("conntrack", true, "track connections (conns, close callback, fallback GC); false turns the whole feature off")
 	gcInterval := fs.Duration("gc-interval", accel.DefaultGCInterval, "how often the fallback GC runs while connections are tracked")
+	backlogBytes := fs.Uint("backlog-bytes", 0, "bound on redirected-but-unread bytes per direction; past it that direction goes back to TCP flow control for good (0: what TCP would allow the receiver: its receive buffer, up to net.ipv4.tcp_rmem max)")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "listen address for /metrics, /status, /conns and /healthz; empty disables")
 	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating and remove the pins, after applications read what was already redirected")
 	cleanupTimeout := fs.Duration("cleanup-timeout", accel.DefaultDrainTimeout, "with --cleanup-on-exit: how long to wait for redirected bytes to be read")
@@ -49,6 +50,9 @@ func runDaemon(args []string) error {
 	}
 	if *maxConns == 0 || *maxConns > 1<<24 {
 		return fmt.Errorf("invalid --max-conns %d (want 1-16777216)", *maxConns)
+	}
+	if *backlogBytes > 1<<31 {
+		return fmt.Errorf("invalid --backlog-bytes %d (want 0-2147483648)", *backlogBytes)
 	}
 	if *gcInterval <= 0 {
 		return fmt.Errorf("invalid --gc-interval %s (want a positive duration)", *gcInterval)
@@ -83,6 +87,7 @@ func runDaemon(args []string) error {
 		ExcludePorts:     ports,
 		ExcludeCIDRs:     cidrs,
 		DisableConntrack: !*conntrack,
+		BacklogBytes:     uint32(*backlogBytes),
 	}, log.Named("accel"))
 	if err != nil {
 		return err
