@@ -48,6 +48,7 @@ struct sk_psock {
 
 /* sk_user_data carries flag bits below the psock pointer. */
 #define SK_USER_DATA_PTRMASK (~7UL)
+#define PAGE_SIZE 4096
 #define SOL_SOCKET 1
 #define SO_RCVLOWAT 18
 #define IPPROTO_TCP 6
@@ -544,7 +545,12 @@ int sockaccel_setsockopt(struct bpf_sockopt *ctx)
 	__u32 mark;
 	struct ct_entry *e;
 
-	if (!st || !sk)
+	/* Options larger than a page reach us truncated; optlen 0 tells the
+	 * kernel to use the caller's buffer untouched (older kernels fail the
+	 * syscall with EFAULT otherwise: iptables-legacy sets huge ones). */
+	if (ctx->optlen > PAGE_SIZE)
+		ctx->optlen = 0;
+	if (!st || !sk || sk->protocol != IPPROTO_TCP)
 		return 1;
 	if (level == SOL_SOCKET && optname == SO_RCVLOWAT)
 		mark = SOCK_F_NO_INGRESS;

@@ -1,0 +1,110 @@
+//go:build linux
+
+package accel_test
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sockaccel/sockaccel/accel/testenv"
+)
+
+func rawFD(t *testing.T, c *net.TCPConn, f func(fd int)) {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Control(func(fd uintptr) { f(int(fd)) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readable(t *testing.T, c *net.TCPConn, wait time.Duration) bool {
+	t.Helper()
+	var ok bool
+	rawFD(t, c, func(fd int) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(wait.Milliseconds()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok = n > 0 && fds[0].Revents&unix.POLLIN != 0
+	})
+	return ok
+}
+
+// SO_RCVLOWAT: poll must not report readable below the low-water mark. The
+// redirect queue ignores it, so the setsockopt hook keeps redirected bytes
+// out of such a socket; the behaviour then matches plain TCP exactly.
+func TestRcvlowatMatchesPlainTCP(t *testing.T) {
+	n := newNode(t, nil)
+	ns := testenv.NewNetns(t)
+	for _, accelerated := range []bool{false, true} {
+		ep := testenv.Endpoint{Netns: ns}
+		name := "plain"
+		if accelerated {
+			ep = n.in(ns)
+			name = "accelerated"
+		}
+		t.Run(name, func(t *testing.T) {
+			before := n.stats(t)
+			ln := ep.Listen(t, "tcp4", "127.0.0.1:0")
+			p := testenv.Connect(t, ep, ln, "tcp4", ln.Addr().String(), 1)[0]
+			defer p.Client.Close()
+			defer p.Server.Close()
+			rawFD(t, p.Server, func(fd int) {
+				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1000); err != nil {
+					t.Fatal(err)
+				}
+			})
+			p.Client.Write(make([]byte, 500))
+			if readable(t, p.Server, 300*time.Millisecond) {
+				t.Error("readable with 500 bytes under SO_RCVLOWAT 1000")
+			}
+			p.Client.Write(make([]byte, 600))
+			if !readable(t, p.Server, 5*time.Second) {
+				t.Error("not readable with 1100 bytes over SO_RCVLOWAT 1000")
+			}
+			s := n.stats(t)
+			if accelerated && (s.OffSetsockopt-before.OffSetsockopt != 1 || s.RedirectedBytes != before.RedirectedBytes) {
+				t.Errorf("off_setsockopt +%d, redirected +%d: want the direction into the socket off the fast path",
+					s.OffSetsockopt-before.OffSetsockopt, s.RedirectedBytes-before.RedirectedBytes)
+			}
+			// The other direction is still accelerated.
+			if accelerated {
+				p.Server.Write([]byte("reply"))
+				buf := make([]byte, 5)
+				p.Client.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := p.Client.Read(buf); err != nil {
+					t.Fatal(err)
+				}
+				if s2 := n.stats(t); s2.RedirectedBytes-s.RedirectedBytes != 5 {
+					t.Errorf("server->client not redirected after SO_RCVLOWAT on the server")
+				}
+			}
+		})
+	}
+}
+
+// Socket options larger than a page pass through the setsockopt hook
+// untouched (older kernels turned them into EFAULT unless the hook says so).
+func TestLargeSetsockoptPassesThrough(t *testing.T) {
+	n := newNode(t, nil)
+	ns := testenv.NewNetns(t)
+	ep := n.in(ns)
+	ln := ep.Listen(t, "tcp4", "127.0.0.1:0")
+	p := testenv.Connect(t, ep, ln, "tcp4", ln.Addr().String(), 1)[0]
+	defer p.Client.Close()
+	defer p.Server.Close()
+	big := make([]byte, 3*4096)
+	big[1] = 1 // SO_RCVBUF 256 on little-endian; the kernel reads the first int
+	rawFD(t, p.Client, func(fd int) {
+		if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, string(big)); err != nil {
+			t.Errorf("setsockopt with a %d-byte optval: %v", len(big), err)
+		}
+	})
+}
