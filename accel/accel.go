@@ -51,6 +51,10 @@ type Config struct {
 	// BacklogBytes bounds redirected-but-unread bytes per direction; 0
 	// means the receiver's receive buffer.
 	BacklogBytes uint32
+	// Conservative leaves connections whose connect()ing socket is in
+	// blocking mode on TCP: a blocking recv on the redirect path can
+	// return EAGAIN after the socket's own shutdown(SHUT_WR).
+	Conservative bool
 }
 
 // Accelerator holds the loaded objects of a running daemon. Closing it
@@ -131,6 +135,9 @@ func (a *Accelerator) start() error {
 	var flags uint32
 	if a.cfg.DisableConntrack {
 		flags |= uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK)
+	}
+	if a.cfg.Conservative {
+		flags |= uint32(accelConfigFlagsCONFIG_F_CONSERVATIVE)
 	}
 	rmemMax, err := tcpRmemMax()
 	if err != nil {

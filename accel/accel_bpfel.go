@@ -32,6 +32,7 @@ type accelAccelStats struct {
 	EarlyData       uint64
 	StorageErrors   uint64
 	Disabled        uint64
+	Blocking        uint64
 	RedirectedMsgs  uint64
 	RedirectedBytes uint64
 	PassedMsgs      uint64
@@ -56,6 +57,7 @@ const (
 	accelConfigFlagsCONFIG_F_NO_NEW       accelConfigFlags = 1
 	accelConfigFlagsCONFIG_F_NO_REDIRECT  accelConfigFlags = 2
 	accelConfigFlagsCONFIG_F_NO_CONNTRACK accelConfigFlags = 4
+	accelConfigFlagsCONFIG_F_CONSERVATIVE accelConfigFlags = 8
 )
 
 type accelCtEntry struct {

@@ -49,7 +49,8 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`reason="early_data"`, s.EarlyData},
 		sample{`reason="insert_error"`, s.InsertErrors},
 		sample{`reason="storage_error"`, s.StorageErrors},
-		sample{`reason="disabled"`, s.Disabled})
+		sample{`reason="disabled"`, s.Disabled},
+		sample{`reason="blocking"`, s.Blocking})
 	metric("sockaccel_directions_off_total", "counter", "Connection directions taken off the fast path for good, by reason.",
 		sample{`reason="backlog"`, s.OffBacklog},
 		sample{`reason="setsockopt"`, s.OffSetsockopt})

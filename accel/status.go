@@ -48,6 +48,7 @@ type Stats struct {
 	EarlyData       uint64 `json:"early_data"`
 	StorageErrors   uint64 `json:"storage_errors"`
 	Disabled        uint64 `json:"disabled"`
+	Blocking        uint64 `json:"blocking"`
 	RedirectedMsgs  uint64 `json:"redirected_msgs"`
 	RedirectedBytes uint64 `json:"redirected_bytes"`
 	PassedMsgs      uint64 `json:"passed_msgs"`
@@ -178,6 +179,7 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.EarlyData += c.EarlyData
 		s.StorageErrors += c.StorageErrors
 		s.Disabled += c.Disabled
+		s.Blocking += c.Blocking
 		s.RedirectedMsgs += c.RedirectedMsgs
 		s.RedirectedBytes += c.RedirectedBytes
 		s.PassedMsgs += c.PassedMsgs

@@ -36,11 +36,18 @@ struct cgroup {
 struct sock_cgroup_data {
 	struct cgroup *cgroup;
 } __attribute__((preserve_access_index));
+struct file {
+	unsigned int f_flags;
+} __attribute__((preserve_access_index));
+struct socket {
+	struct file *file;
+} __attribute__((preserve_access_index));
 struct sock {
 	struct sock_cgroup_data sk_cgrp_data;
 	int sk_rcvbuf;
 	int sk_rcvlowat;
 	void *sk_user_data;
+	struct socket *sk_socket;
 } __attribute__((preserve_access_index));
 struct sk_psock {
 	__u32 msg_tot_len;
@@ -49,7 +56,9 @@ struct sk_psock {
 /* sk_user_data carries flag bits below the psock pointer. */
 #define SK_USER_DATA_PTRMASK (~7UL)
 #define PAGE_SIZE 4096
+#define O_NONBLOCK 04000
 #define SOL_SOCKET 1
+#define SO_ZEROCOPY 60
 #define SO_RCVLOWAT 18
 #define IPPROTO_TCP 6
 #define TCP_ULP 31
@@ -195,6 +204,28 @@ static __always_inline __u64 sock_cgroup_id(struct sock *s)
 	return s ? s->sk_cgrp_data.cgroup->kn->id : 0;
 }
 
+/* Whether the socket's file is in blocking mode. Only the connect()ing end
+ * has a file at establishment; an accepted socket gets one later. */
+static __always_inline int connecting_blocking(struct bpf_sock *sk)
+{
+	struct sock *ks;
+	struct socket *sock;
+	struct file *file;
+
+	if (!sk)
+		return 0;
+	ks = kernel_sock(sk);
+	if (!ks)
+		return 0;
+	sock = ks->sk_socket;
+	if (!sock)
+		return 0;
+	file = sock->file;
+	if (!file)
+		return 0;
+	return !(file->f_flags & O_NONBLOCK);
+}
+
 static __always_inline void gc_wake(void)
 {
 	__u32 zero = 0;
@@ -300,6 +331,11 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		__sync_fetch_and_add(&st->disabled, 1);
 		return;
 	}
+	if ((config_flags() & CONFIG_F_CONSERVATIVE) && skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
+	    connecting_blocking(skops->sk)) {
+		__sync_fetch_and_add(&st->blocking, 1);
+		return;
+	}
 	/* Bytes this socket sent before establishment (TCP Fast Open) went
 	 * through TCP outside our ordering rule and shift the sequence number
 	 * the key is built from. */
@@ -361,7 +397,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		return;
 	}
 	/* Keep what setsockopt said before establishment. */
-	state->flags &= SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL;
+	state->flags &= SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH;
 	if (state->flags & SOCK_F_NO_ACCEL) {
 		__sync_fetch_and_add(&st->off_setsockopt, 1);
 		return;
@@ -554,6 +590,10 @@ int sockaccel_setsockopt(struct bpf_sockopt *ctx)
 		return 1;
 	if (level == SOL_SOCKET && optname == SO_RCVLOWAT)
 		mark = SOCK_F_NO_INGRESS;
+	else if (level == SOL_SOCKET && optname == SO_ZEROCOPY)
+		/* The redirect path copies and never posts the completion a
+		 * MSG_ZEROCOPY sender waits for. */
+		mark = SOCK_F_TCP_PATH;
 	else if (level == IPPROTO_TCP && optname == TCP_ULP)
 		mark = SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH;
 	else
@@ -566,8 +606,9 @@ int sockaccel_setsockopt(struct bpf_sockopt *ctx)
 	if (state->flags & SOCK_F_TRACKED) {
 		e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 		if (e) {
-			direction_off(e, (state->side & 1) ^ 1);
-			if (mark & SOCK_F_NO_ACCEL)
+			if (mark & SOCK_F_NO_INGRESS)
+				direction_off(e, (state->side & 1) ^ 1);
+			if (mark & SOCK_F_TCP_PATH)
 				direction_off(e, state->side & 1);
 		}
 	}

@@ -106,6 +106,9 @@ enum config_flags {
 	CONFIG_F_NO_REDIRECT = 1 << 1,
 	/* Do not track connections (--conntrack=false). */
 	CONFIG_F_NO_CONNTRACK = 1 << 2,
+	/* Conservative mode: leave connect()ing sockets in blocking mode on
+	 * TCP (a blocking recv on the redirect path can fail with EAGAIN). */
+	CONFIG_F_CONSERVATIVE = 1 << 3,
 };
 
 /* Key of the excluded-CIDR LPM trie: prefix length over the IPv4-mapped
@@ -127,6 +130,7 @@ struct accel_stats {
 	__u64 early_data;       /* not accelerated: sent data before establish (TFO) */
 	__u64 storage_errors;   /* not accelerated: no socket storage */
 	__u64 disabled;         /* not accelerated: daemon stopped new entries */
+	__u64 blocking;         /* not accelerated: blocking socket, conservative mode */
 	__u64 redirected_msgs;  /* sendmsg calls redirected to the peer */
 	__u64 redirected_bytes;
 	/* sendmsg verdicts left on the TCP path. After a TCP push fails (e.g.
@@ -140,7 +144,7 @@ struct accel_stats {
 	__u64 closed_direct;    /* conntrack entries removed by the close callback */
 	/* Directions taken off the fast path for good, by reason. */
 	__u64 off_backlog;      /* receiver fell behind by more than the bound */
-	__u64 off_setsockopt;   /* SO_RCVLOWAT or TCP_ULP set on the socket */
+	__u64 off_setsockopt;   /* SO_RCVLOWAT, TCP_ULP or SO_ZEROCOPY set on the socket */
 };
 
 #endif
