@@ -111,7 +111,7 @@ func TestCleanupUnderLoadLosesNothing(t *testing.T) {
 	if _, err := os.Stat(n.pin); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin dir %s still exists after cleanup", n.pin)
 	}
-	if got := sockOpsPrograms(t, n.cg.Path); got != 0 {
+	if got := testenv.SockOpsPrograms(t, n.cg.Path); got != 0 {
 		t.Errorf("%d sock_ops programs on the cgroup after cleanup", got)
 	}
 	// New connections still work, on plain TCP: nothing of ours is left to

@@ -5,12 +5,9 @@ package accel_test
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/sockaccel/sockaccel/accel"
 	"github.com/sockaccel/sockaccel/accel/testenv"
@@ -331,7 +328,7 @@ func TestRestartAdoptsPins(t *testing.T) {
 	if !second.Adopted() {
 		t.Error("second start did not adopt the pins")
 	}
-	if got := sockOpsPrograms(t, cg.Path); got != 1 {
+	if got := testenv.SockOpsPrograms(t, cg.Path); got != 1 {
 		t.Errorf("%d sock_ops programs on the cgroup after restart, want 1", got)
 	}
 	// Connections from before the restart still redirect.
@@ -351,24 +348,11 @@ func TestRestartAdoptsPins(t *testing.T) {
 	} else {
 		t.Logf("incompatible pin reported as: %v", err)
 	}
-	if got := sockOpsPrograms(t, cg.Path); got != 1 {
+	if got := testenv.SockOpsPrograms(t, cg.Path); got != 1 {
 		t.Errorf("%d sock_ops programs after the refused start, want 1", got)
 	}
 }
 
-func sockOpsPrograms(t *testing.T, cgroupPath string) int {
-	t.Helper()
-	f, err := os.Open(cgroupPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupSockOps})
-	if err != nil {
-		t.Fatalf("query sock_ops programs on %s: %v", cgroupPath, err)
-	}
-	return len(res.Programs)
-}
 
 func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/containerd/cgroups/v3/cgroup2"
 	"github.com/vishvananda/netlink"
@@ -244,4 +246,20 @@ func currentCgroup(root string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no cgroup v2 entry in /proc/self/cgroup")
+}
+
+// SockOpsPrograms counts the sock_ops programs attached to a cgroup, as the
+// kernel reports them.
+func SockOpsPrograms(t testing.TB, cgroupPath string) int {
+	t.Helper()
+	f, err := os.Open(cgroupPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupSockOps})
+	if err != nil {
+		t.Fatalf("query sock_ops programs on %s: %v", cgroupPath, err)
+	}
+	return len(res.Programs)
 }

@@ -18,8 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/sockaccel/sockaccel/accel/testenv"
 )
@@ -60,19 +58,6 @@ func sockaccel(t *testing.T, args ...string) result {
 	return result{cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()}
 }
 
-func sockOpsPrograms(t *testing.T, cgroupPath string) int {
-	t.Helper()
-	f, err := os.Open(cgroupPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupSockOps})
-	if err != nil {
-		t.Fatalf("query sock_ops on %s: %v", cgroupPath, err)
-	}
-	return len(res.Programs)
-}
 
 func TestVersion(t *testing.T) {
 	r := sockaccel(t, "version")
@@ -132,7 +117,7 @@ func TestBadInput(t *testing.T) {
 			if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("pin dir %s left behind (err %v)", pin, err)
 			}
-			if n := sockOpsPrograms(t, cg.Path); n != 0 {
+			if n := testenv.SockOpsPrograms(t, cg.Path); n != 0 {
 				t.Errorf("%d sock_ops programs left attached", n)
 			}
 		})
@@ -285,7 +270,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	if !strings.Contains(d2.log.String(), `"adopted":true`) {
 		t.Error("restarted daemon did not report adopting the pins")
 	}
-	if n := sockOpsPrograms(t, cg.Path); n != 1 {
+	if n := testenv.SockOpsPrograms(t, cg.Path); n != 1 {
 		t.Errorf("%d sock_ops programs after restart, want 1", n)
 	}
 	testenv.ExchangeAll(t, pairs[2:], 4<<20, 4<<20, 2)
@@ -315,7 +300,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin dir %s still exists after cleanup", pin)
 	}
-	if n := sockOpsPrograms(t, cg.Path); n != 0 {
+	if n := testenv.SockOpsPrograms(t, cg.Path); n != 0 {
 		t.Errorf("%d sock_ops programs after cleanup", n)
 	}
 }
@@ -351,7 +336,7 @@ func TestKillDuringTransfer(t *testing.T) {
 	atKill := status(t, pin)["redirected_bytes"].(float64)
 
 	d2 := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin, bound)
-	if n := sockOpsPrograms(t, cg.Path); n != 1 {
+	if n := testenv.SockOpsPrograms(t, cg.Path); n != 1 {
 		t.Errorf("%d sock_ops programs after restart, want 1", n)
 	}
 	for range conns {
