@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/sockaccel/sockaccel/accel"
 	"github.com/sockaccel/sockaccel/accel/testenv"
 	"github.com/sockaccel/sockaccel/cgroup"
@@ -352,7 +351,6 @@ func TestRestartAdoptsPins(t *testing.T) {
 		t.Errorf("%d sock_ops programs after the refused start, want 1", got)
 	}
 }
-
 
 func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
