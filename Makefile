@@ -36,6 +36,10 @@ lint:
 	gofmt -l . | tee /dev/stderr | (! read)
 	$(GO) vet ./...
 
+# Benchmark (root): make bench [QUICK=1|SMOKE=1] [OUT=dir]; see bench/README.md.
+bench: build
+	QUICK='$(QUICK)' SMOKE='$(SMOKE)' OUT='$(OUT)' SOCKACCEL='$(BIN)' GO='$(GO)' bash bench/run.sh
+
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sockaccel
 	install -D -m 0644 systemd/sockaccel.service $(DESTDIR)/etc/systemd/system/sockaccel.service

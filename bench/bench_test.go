@@ -1,0 +1,137 @@
+//go:build linux
+
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+var (
+	topologies = []string{"bridge", "veth", "loopback"}
+	tests      = []string{"TCP_RR_1", "TCP_RR_1K", "TCP_CRR", "TCP_STREAM_64K"}
+	modes      = []string{"baseline", "accelerated"}
+)
+
+// TestSmoke runs the whole benchmark once in SMOKE mode (every test once for
+// about a second on every topology) against a freshly built sockaccel and
+// checks that it produced every output and that acceleration really
+// happened in accelerated runs and only there. It never asserts on timing.
+func TestSmoke(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("benchmark smoke test cannot run: not root (CI=true forbids skipping)")
+		}
+		t.Skip("needs root (network namespaces, cgroups, BPF)")
+	}
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "sockaccel")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/sockaccel")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build sockaccel: %v\n%s", err, out)
+	}
+
+	out := filepath.Join(tmp, "out")
+	// Generous: the first run on a fresh machine installs netperf & co.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "run.sh")
+	cmd.Env = append(os.Environ(), "SMOKE=1", "QUICK=", "OUT="+out, "SOCKACCEL="+bin)
+	// On timeout, SIGINT lets run.sh's trap remove what it created.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 30 * time.Second
+	var log bytes.Buffer
+	cmd.Stdout = &log
+	cmd.Stderr = &log
+	err := cmd.Run()
+	t.Logf("run.sh output:\n%s", log.String())
+	if err != nil {
+		t.Fatalf("SMOKE=1 bash run.sh: %v", err)
+	}
+
+	for _, name := range []string{"results.csv", "results.md", "ratios.png", "system.txt"} {
+		fi, err := os.Stat(filepath.Join(out, name))
+		if err != nil {
+			t.Errorf("output %s: %v", name, err)
+			continue
+		}
+		if fi.Size() == 0 {
+			t.Errorf("output %s is empty", name)
+		}
+	}
+	if png, err := os.ReadFile(filepath.Join(out, "ratios.png")); err == nil && !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) {
+		t.Errorf("ratios.png is not a PNG")
+	}
+
+	f, err := os.Open(filepath.Join(out, "results.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	records, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatalf("parse results.csv: %v", err)
+	}
+	if len(records) < 2 {
+		t.Fatalf("results.csv has no rows")
+	}
+	col := map[string]int{}
+	for i, name := range records[0] {
+		col[name] = i
+	}
+	for _, name := range []string{"topology", "test", "mode", "throughput", "redirected_msgs"} {
+		if _, ok := col[name]; !ok {
+			t.Fatalf("results.csv has no column %q (header %v)", name, records[0])
+		}
+	}
+	rows := map[[3]string]int{}
+	for i, r := range records[1:] {
+		key := [3]string{r[col["topology"]], r[col["test"]], r[col["mode"]]}
+		rows[key]++
+		if key[0] == "unix" {
+			continue
+		}
+		if tp, err := strconv.ParseFloat(r[col["throughput"]], 64); err != nil || tp <= 0 {
+			t.Errorf("row %d %v: throughput %q", i+2, key, r[col["throughput"]])
+		}
+		msgs, err := strconv.ParseUint(r[col["redirected_msgs"]], 10, 64)
+		if err != nil {
+			t.Errorf("row %d %v: redirected_msgs %q: %v", i+2, key, r[col["redirected_msgs"]], err)
+			continue
+		}
+		switch key[2] {
+		case "accelerated":
+			if msgs == 0 {
+				t.Errorf("row %d %v: accelerated run with redirected_msgs 0: nothing was accelerated", i+2, key)
+			}
+		case "baseline":
+			if msgs != 0 {
+				t.Errorf("row %d %v: baseline run with redirected_msgs %d: the baseline was accelerated", i+2, key, msgs)
+			}
+		default:
+			t.Errorf("row %d: unknown mode %q", i+2, key[2])
+		}
+	}
+	for _, topo := range topologies {
+		for _, test := range tests {
+			for _, mode := range modes {
+				if rows[[3]string{topo, test, mode}] == 0 {
+					t.Errorf("results.csv has no row for %s %s %s", topo, test, mode)
+				}
+			}
+		}
+	}
+	for _, test := range []string{"TCP_RR_1", "TCP_STREAM_64K"} {
+		if rows[[3]string{"unix", test, "reference"}] == 0 {
+			t.Errorf("results.csv has no unix socket reference row for %s", test)
+		}
+	}
+}
