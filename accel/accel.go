@@ -129,9 +129,6 @@ func (a *Accelerator) start() error {
 		}
 		return fmt.Errorf("load BPF programs: %w", err)
 	}
-	if err := a.SetExclusions(a.cfg.ExcludePorts, a.cfg.ExcludeCIDRs); err != nil {
-		return err
-	}
 	var flags uint32
 	if a.cfg.DisableConntrack {
 		flags |= uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK)
@@ -145,6 +142,9 @@ func (a *Accelerator) start() error {
 	}
 	if err := a.objs.SaConfig.Put(uint32(0), accelAccelConfig{Flags: flags, BacklogBytes: a.cfg.BacklogBytes, RcvbufMax: rmemMax}); err != nil {
 		return fmt.Errorf("write config map: %w", err)
+	}
+	if err := a.SetExclusions(a.cfg.ExcludePorts, a.cfg.ExcludeCIDRs); err != nil {
+		return err
 	}
 	// sk_msg first: a socket inserted by sock_ops takes the SOCKHASH's
 	// programs at insertion time, so it must already be there. setsockopt
@@ -292,6 +292,32 @@ func (a *Accelerator) SetExclusions(ports []uint16, cidrs []netip.Prefix) error 
 	}
 	if err := replaceCIDRs(a.objs.SaExclCidrs, cidrs); err != nil {
 		return fmt.Errorf("update excluded cidrs: %w", err)
+	}
+	// The programs skip the lookups while a map is empty.
+	var set, clear uint32
+	for _, f := range []struct {
+		on   bool
+		flag accelConfigFlags
+	}{{len(ports) > 0, accelConfigFlagsCONFIG_F_EXCL_PORTS}, {len(cidrs) > 0, accelConfigFlagsCONFIG_F_EXCL_CIDRS}} {
+		if f.on {
+			set |= uint32(f.flag)
+		} else {
+			clear |= uint32(f.flag)
+		}
+	}
+	return a.updateFlags(set, clear)
+}
+
+// updateFlags sets and clears config flags, keeping the rest. Only the
+// daemon writes the config map.
+func (a *Accelerator) updateFlags(set, clear uint32) error {
+	var cfg accelAccelConfig
+	if err := a.objs.SaConfig.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("read config map: %w", err)
+	}
+	cfg.Flags = cfg.Flags&^clear | set
+	if err := a.objs.SaConfig.Put(uint32(0), cfg); err != nil {
+		return fmt.Errorf("write config map: %w", err)
 	}
 	return nil
 }

@@ -58,6 +58,8 @@ const (
 	accelConfigFlagsCONFIG_F_NO_REDIRECT  accelConfigFlags = 2
 	accelConfigFlagsCONFIG_F_NO_CONNTRACK accelConfigFlags = 4
 	accelConfigFlagsCONFIG_F_CONSERVATIVE accelConfigFlags = 8
+	accelConfigFlagsCONFIG_F_EXCL_PORTS   accelConfigFlags = 16
+	accelConfigFlagsCONFIG_F_EXCL_CIDRS   accelConfigFlags = 32
 )
 
 type accelCtEntry struct {

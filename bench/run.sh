@@ -6,6 +6,7 @@
 #
 # Environment:
 #   QUICK=1      fewer/shorter runs (about 2 minutes)
+#   SOCKACCEL_FLAGS  extra flags for the daemon (e.g. --conntrack=false), recorded in system.txt
 #   SMOKE=1      every test once for 1 s on every topology (well under a minute)
 #   OUT=DIR      output directory (default bench/results/<date>-<kernel>[-quick|-smoke])
 #   SOCKACCEL=F  sockaccel binary (default bin/sockaccel, built by make build)
@@ -517,7 +518,8 @@ done
 # One real daemon for the whole bench, attached to the accelerated cgroup
 # only. netperf's control connections (ports $PORT_BASE/$PORT_ACCEL) are
 # excluded so that the counters count the measured data connections alone.
-DAEMON_ARGS=(run --cgroup "$CG_ACCEL" --pin-dir "$PIN_DIR" --exclude-ports "$PORT_BASE,$PORT_ACCEL" --metrics-addr= --log-level info)
+# shellcheck disable=SC2206 # extra daemon flags are meant to split
+DAEMON_ARGS=(run --cgroup "$CG_ACCEL" --pin-dir "$PIN_DIR" --exclude-ports "$PORT_BASE,$PORT_ACCEL" --metrics-addr= --log-level info ${SOCKACCEL_FLAGS:-})
 PIN_CREATED=1
 "$SOCKACCEL" "${DAEMON_ARGS[@]}" >"$OUT/daemon.log" 2>&1 &
 DAEMON_PID=$!

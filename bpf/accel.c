@@ -163,13 +163,13 @@ static __always_inline struct accel_stats *stats(void)
 	return bpf_map_lookup_elem(&sa_stats, &zero);
 }
 
-static __always_inline __u32 config_flags(void)
+static __always_inline struct accel_config *config(void)
 {
 	__u32 zero = 0;
-	struct accel_config *cfg = bpf_map_lookup_elem(&sa_config, &zero);
 
-	return cfg ? cfg->flags : 0;
+	return bpf_map_lookup_elem(&sa_config, &zero);
 }
+
 
 static __always_inline void ipv4_mapped(__u32 dst[4], __u32 addr)
 {
@@ -250,7 +250,8 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 	struct ct_entry *e;
 	long err;
 
-	e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
+	/* The first end creates the entry, the second joins it. */
+	e = state->side == CT_SIDE_ACTIVE ? NULL : bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 	if (!e) {
 		struct ct_entry fresh = {};
 
@@ -315,23 +316,26 @@ static __always_inline void ct_close(struct bpf_sock_ops *skops)
 static __always_inline void track_established(struct bpf_sock_ops *skops)
 {
 	struct accel_stats *st = stats();
+	struct accel_config *cfg = config();
 	struct sock_state *state;
 	struct sock_key key = {};
 	__u32 family = skops->family;
 	struct bpf_sock *sk;
+	__u32 flags;
 	long err;
 
-	if (!st)
+	if (!st || !cfg)
 		return;
+	flags = cfg->flags;
 	if (family != AF_INET && family != AF_INET6)
 		return;
 	__sync_fetch_and_add(&st->established, 1);
 
-	if (config_flags() & CONFIG_F_NO_NEW) {
+	if (flags & CONFIG_F_NO_NEW) {
 		__sync_fetch_and_add(&st->disabled, 1);
 		return;
 	}
-	if ((config_flags() & CONFIG_F_CONSERVATIVE) && skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
+	if ((flags & CONFIG_F_CONSERVATIVE) && skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
 	    connecting_blocking(skops->sk)) {
 		__sync_fetch_and_add(&st->blocking, 1);
 		return;
@@ -369,12 +373,12 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	key.local_port = bpf_htons((__u16)skops->local_port);
 	key.remote_port = (__u16)(skops->remote_port >> 16);
 
-	if (port_excluded((__u16)skops->local_port) ||
-	    port_excluded(bpf_ntohs(key.remote_port))) {
+	if ((flags & CONFIG_F_EXCL_PORTS) &&
+	    (port_excluded((__u16)skops->local_port) || port_excluded(bpf_ntohs(key.remote_port)))) {
 		__sync_fetch_and_add(&st->excluded_port, 1);
 		return;
 	}
-	if (addr_excluded(key.local_ip) || addr_excluded(key.remote_ip)) {
+	if ((flags & CONFIG_F_EXCL_CIDRS) && (addr_excluded(key.local_ip) || addr_excluded(key.remote_ip))) {
 		__sync_fetch_and_add(&st->excluded_cidr, 1);
 		return;
 	}
@@ -437,7 +441,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		return;
 	}
 	__sync_fetch_and_add(&st->inserted, 1);
-	if (!(config_flags() & CONFIG_F_NO_CONNTRACK))
+	if (!(flags & CONFIG_F_NO_CONNTRACK))
 		ct_track(skops, sk, state, st);
 }
 
@@ -459,12 +463,6 @@ int sockaccel_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-static __always_inline struct accel_config *config(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&sa_config, &zero);
-}
 
 /* Whether queueing size more bytes at the receiver would exceed the bound.
  * The receiver's unread redirected bytes are its psock's msg_tot_len, the

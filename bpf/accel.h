@@ -109,6 +109,10 @@ enum config_flags {
 	/* Conservative mode: leave connect()ing sockets in blocking mode on
 	 * TCP (a blocking recv on the redirect path can fail with EAGAIN). */
 	CONFIG_F_CONSERVATIVE = 1 << 3,
+	/* sa_excl_ports / sa_excl_cidrs hold entries: without them the
+	 * per-connection lookups are skipped. */
+	CONFIG_F_EXCL_PORTS = 1 << 4,
+	CONFIG_F_EXCL_CIDRS = 1 << 5,
 };
 
 /* Key of the excluded-CIDR LPM trie: prefix length over the IPv4-mapped

@@ -287,6 +287,10 @@ func stream(fds [2]int, size int, d time.Duration, clientCPU, serverCPU int) err
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		// Shut down here, not in main: with the reader blocked in a raw
+		// read holding the other P, main might never be scheduled to do
+		// it, and the reader would wait for EOF forever.
+		defer unix.Shutdown(fds[0], unix.SHUT_WR)
 		if clientErr = pin(clientCPU); clientErr != nil {
 			return
 		}
@@ -300,7 +304,6 @@ func stream(fds [2]int, size int, d time.Duration, clientCPU, serverCPU int) err
 		}
 	}()
 	<-done
-	unix.Shutdown(fds[0], unix.SHUT_WR)
 	r := <-res
 	if clientErr != nil {
 		return clientErr
