@@ -269,7 +269,10 @@ func stream(fds [2]int, size int, d time.Duration, clientCPU, serverCPU int) err
 		buf := make([]byte, size)
 		var total int64
 		for {
-			n, err := rawRead(fds[1], buf)
+			// A scheduler-visible read: 64 KiB per call makes the cost
+			// negligible, and a raw read blocked here can hold a P through
+			// a stop-the-world and hang the run (seen at end of stream).
+			n, err := unix.Read(fds[1], buf)
 			if err != nil {
 				res <- result{err: err}
 				return
@@ -298,7 +301,7 @@ func stream(fds [2]int, size int, d time.Duration, clientCPU, serverCPU int) err
 		start = time.Now()
 		deadline := start.Add(d)
 		for time.Now().Before(deadline) {
-			if clientErr = writeFull(fds[0], buf); clientErr != nil {
+			if _, clientErr = unix.Write(fds[0], buf); clientErr != nil {
 				return
 			}
 		}
