@@ -43,6 +43,7 @@ type accelAccelStats struct {
 	ClosedDirect    uint64
 	OffBacklog      uint64
 	OffSetsockopt   uint64
+	Resumed         uint64
 }
 
 type accelCidrKey struct {

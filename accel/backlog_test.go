@@ -120,8 +120,8 @@ func TestBacklogBoundGivesBackpressure(t *testing.T) {
 	<-sampled
 
 	s := n.stats(t)
-	t.Logf("writer saw EAGAIN %d times; max unread redirected bytes %d (bound %d); redirected %d, passed %d; off_backlog %d",
-		eagain.Load(), maxQueued.Load(), bound, s.RedirectedBytes, s.PassedBytes, s.OffBacklog)
+	t.Logf("writer saw EAGAIN %d times; max unread redirected bytes %d (bound %d); redirected %d, passed %d; off_backlog %d, resumed %d",
+		eagain.Load(), maxQueued.Load(), bound, s.RedirectedBytes, s.PassedBytes, s.OffBacklog, s.Resumed)
 	if readErr != nil || got != w.digest() {
 		t.Fatalf("reader got %v (err %v), writer sent %v", got, readErr, w.digest())
 	}
@@ -134,8 +134,8 @@ func TestBacklogBoundGivesBackpressure(t *testing.T) {
 	if maxQueued.Load() > bound {
 		t.Errorf("unread redirected bytes reached %d, above the bound %d", maxQueued.Load(), bound)
 	}
-	if s.OffBacklog != 1 || s.RedirectedBytes == 0 || s.RedirectedBytes > bound+64<<10 {
-		t.Errorf("off_backlog %d, redirected %d: want one direction handed to TCP after at most the bound", s.OffBacklog, s.RedirectedBytes)
+	if s.OffBacklog == 0 || s.RedirectedBytes == 0 || s.PassedBytes == 0 {
+		t.Errorf("off_backlog %d, redirected %d, passed %d: want sends handed to TCP past the bound", s.OffBacklog, s.RedirectedBytes, s.PassedBytes)
 	}
 }
 

@@ -51,9 +51,10 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`reason="storage_error"`, s.StorageErrors},
 		sample{`reason="disabled"`, s.Disabled},
 		sample{`reason="blocking"`, s.Blocking})
+	metric("sockaccel_sends_backlog_total", "counter", "Sends handed to TCP because the receiver was further behind than the backlog bound.", one(s.OffBacklog))
 	metric("sockaccel_directions_off_total", "counter", "Connection directions taken off the fast path for good, by reason.",
-		sample{`reason="backlog"`, s.OffBacklog},
 		sample{`reason="setsockopt"`, s.OffSetsockopt})
+	metric("sockaccel_directions_resumed_total", "counter", "Directions back on the fast path after the receiver read every byte that went through TCP.", one(s.Resumed))
 	metric("sockaccel_conntrack_closed_total", "counter", "Conntrack entries removed, by what removed them.",
 		sample{`by="close_callback"`, s.ClosedDirect},
 		sample{`by="gc"`, s.Conntrack.ClosedGC})

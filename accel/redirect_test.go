@@ -151,15 +151,15 @@ func TestOrderingWhenServerEntryIsLate(t *testing.T) {
 	testenv.StreamOnConnect(t, n.in(tc.client), ln, "tcp4", "10.212.0.2:7003", conns, up, down, 77)
 
 	s := n.stats(t)
-	t.Logf("redirected %d bytes, passed %d bytes in %d msgs; %d pure ACKs withheld; %+v", s.RedirectedBytes, s.PassedBytes, s.PassedMsgs, dropped(), s)
+	t.Logf("redirected %d bytes, passed %d bytes in %d msgs; %d pure ACKs withheld; %d directions resumed", s.RedirectedBytes, s.PassedBytes, s.PassedMsgs, dropped(), s.Resumed)
 	if s.PassedMsgs == 0 {
 		t.Fatal("no send reached TCP before the server entry existed: the test did not create the race")
 	}
 	// Each server is inserted before it sends, its client long before:
-	// server->client is redirected from the first byte, client->server
-	// never (its first bytes went through TCP).
-	if s.RedirectedBytes != conns*down {
-		t.Errorf("redirected %d bytes, want exactly the %d bytes sent server->client", s.RedirectedBytes, conns*down)
+	// server->client is redirected from the first byte. client->server
+	// only once the server has read every byte that went through TCP.
+	if s.RedirectedBytes < conns*down {
+		t.Errorf("redirected %d bytes, want at least the %d bytes sent server->client", s.RedirectedBytes, conns*down)
 	}
 }
 

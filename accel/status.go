@@ -60,6 +60,9 @@ type Stats struct {
 	// Directions taken off the fast path for good, by reason.
 	OffBacklog    uint64 `json:"off_backlog"`
 	OffSetsockopt uint64 `json:"off_setsockopt"`
+	// Directions back on the fast path once the receiver read every byte
+	// that had gone through TCP.
+	Resumed uint64 `json:"resumed"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -190,6 +193,7 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.ClosedDirect += c.ClosedDirect
 		s.OffBacklog += c.OffBacklog
 		s.OffSetsockopt += c.OffSetsockopt
+		s.Resumed += c.Resumed
 	}
 	return s, nil
 }

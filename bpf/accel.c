@@ -52,6 +52,10 @@ struct sock {
 struct sk_psock {
 	__u32 msg_tot_len;
 } __attribute__((preserve_access_index));
+struct tcp_sock {
+	__u32 write_seq;  /* end of what the application handed to TCP */
+	__u32 copied_seq; /* what the application has read from TCP */
+} __attribute__((preserve_access_index));
 
 /* sk_user_data carries flag bits below the psock pointer. */
 #define SK_USER_DATA_PTRMASK (~7UL)
@@ -492,6 +496,22 @@ static __always_inline int backlog_exceeded(struct ct_entry *e, __u32 dir, struc
 	return queued + size > bound;
 }
 
+/* Whether the receiving application has read every byte this socket handed
+ * to TCP: the receiver's copied_seq has reached our write_seq (both count
+ * only TCP-path bytes, in this direction's sequence space). */
+static __always_inline int tcp_bytes_all_read(struct bpf_sock *sk, struct ct_entry *e, __u32 dir)
+{
+	struct tcp_sock *me = bpf_skc_to_tcp_sock(sk);
+	struct tcp_sock *peer = (struct tcp_sock *)e->sk[dir ^ 1];
+	__u32 copied = 0;
+
+	if (!me || !peer)
+		return 0;
+	if (bpf_probe_read_kernel(&copied, sizeof(copied), &peer->copied_seq))
+		return 0;
+	return copied == me->write_seq;
+}
+
 SEC("sk_msg")
 int sockaccel_redirect(struct sk_msg_md *msg)
 {
@@ -508,7 +528,7 @@ int sockaccel_redirect(struct sk_msg_md *msg)
 	flags = cfg->flags;
 
 	state = bpf_sk_storage_get(&sa_sock_state, sk, 0, 0);
-	if (!state || (state->flags & SOCK_F_TCP_PATH) || (flags & CONFIG_F_NO_REDIRECT))
+	if (!state || (flags & CONFIG_F_NO_REDIRECT))
 		goto pass;
 	dir = state->side & 1;
 
@@ -519,13 +539,20 @@ int sockaccel_redirect(struct sk_msg_md *msg)
 	}
 	if (e && (e->off & (1U << dir)))
 		goto pass; /* the receiver cannot take redirected bytes */
+	if (state->flags & SOCK_F_TCP_PATH) {
+		/* Bytes of this direction went through TCP. The receiver
+		 * reads its redirect queue before its TCP queue, so
+		 * redirecting now could overtake them, unless its
+		 * application has already read every one of them. */
+		if (!e || !tcp_bytes_all_read(sk, e, dir))
+			goto pass;
+		state->flags &= ~SOCK_F_TCP_PATH;
+		__sync_fetch_and_add(&st->resumed, 1);
+	}
 	if (e && backlog_exceeded(e, dir, cfg, size)) {
 		/* Redirected bytes are charged to nobody the sender waits on:
-		 * past the bound, hand this direction to TCP's flow control.
-		 * One way only: the receiver reads its redirect queue before
-		 * its TCP queue, so going back could reorder. */
-		if (e)
-			__sync_fetch_and_or(&e->off, 1U << dir);
+		 * past the bound, hand this direction to TCP's flow control
+		 * until the receiver has caught up with it. */
 		__sync_fetch_and_add(&st->off_backlog, 1);
 		goto pass;
 	}

@@ -75,7 +75,8 @@ enum sock_flags {
 	/* This socket has sent bytes through the TCP stack. Redirected bytes
 	 * must never overtake them in the peer's receive order, and the
 	 * receiver reads its redirect queue before its TCP queue, so this
-	 * direction stays on TCP for good. */
+	 * direction stays on TCP until the receiving application has read
+	 * every one of them (or for good, without a conntrack entry). */
 	SOCK_F_TCP_PATH = 1 << 0,
 	/* At least one message of this socket was redirected. */
 	SOCK_F_REDIRECTED = 1 << 1,
@@ -146,9 +147,15 @@ struct accel_stats {
 	__u64 ct_created;       /* conntrack entries created */
 	__u64 ct_full;          /* conntrack at capacity: connection not tracked */
 	__u64 closed_direct;    /* conntrack entries removed by the close callback */
-	/* Directions taken off the fast path for good, by reason. */
-	__u64 off_backlog;      /* receiver fell behind by more than the bound */
-	__u64 off_setsockopt;   /* SO_RCVLOWAT, TCP_ULP or SO_ZEROCOPY set on the socket */
+	/* Sends handed to TCP because the receiver fell behind by more than
+	 * the bound (the direction returns once it caught up). */
+	__u64 off_backlog;
+	/* Directions taken off the fast path for good: SO_RCVLOWAT, TCP_ULP
+	 * or SO_ZEROCOPY set on the socket. */
+	__u64 off_setsockopt;
+	/* Directions back on the fast path after the receiver read every
+	 * byte that went through TCP. */
+	__u64 resumed;
 };
 
 #endif
