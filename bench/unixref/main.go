@@ -42,7 +42,7 @@ func main() {
 	cpus := flag.String("cpus", "0,1", "client CPU,server CPU")
 	flag.IntVar(&sndbuf, "sndbuf", 0, "SO_SNDBUF of both ends in bytes (0: system default); set with SO_SNDBUFFORCE, so it may exceed net.core.wmem_max")
 	flag.Parse()
-	debug.SetGCPercent(-1) // see rawRead
+	debug.SetGCPercent(-1) // the loops do not allocate; keep GC pauses out of the numbers
 	if err := run(*test, *size, *duration, *cpus); err != nil {
 		fmt.Fprintln(os.Stderr, "unixref:", err)
 		os.Exit(1)
@@ -106,17 +106,14 @@ func pin(cpu int) error {
 	return nil
 }
 
-// rawRead and rawWrite are read(2) and write(2) without the Go scheduler:
-// a normal syscall that blocks lets the runtime hand its P to another thread
-// and take one back afterwards, which cost about one extra context switch
-// and a migration per transaction here (15-25% of the RR rate on a 2-vCPU
-// VM), and would make the reference slower than the path it bounds. A
-// goroutine blocked in a raw syscall cannot be stopped for garbage
-// collection, so main turns the GC off (the loops do not allocate).
-// EINTR (the runtime's preemption signal) is retried.
+// rawRead and rawWrite are read(2) and write(2) retried on EINTR. They go
+// through the Go scheduler (entersyscall): an earlier version used raw
+// syscalls to save a context switch per transaction, but a goroutine blocked
+// in a raw syscall keeps its P through any stop-the-world, and the reference
+// then hung forever about once per bench run.
 func rawRead(fd int, buf []byte) (int, error) {
 	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+		n, _, e := unix.Syscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
 		if e == unix.EINTR {
 			continue
 		}
@@ -129,7 +126,7 @@ func rawRead(fd int, buf []byte) (int, error) {
 
 func rawWrite(fd int, buf []byte) (int, error) {
 	for {
-		n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+		n, _, e := unix.Syscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
 		if e == unix.EINTR {
 			continue
 		}
