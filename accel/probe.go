@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 )
 
@@ -22,6 +23,14 @@ func Probe() error {
 		{"SOCKHASH maps", "4.18", func() error { return features.HaveMapType(ebpf.SockHash) }},
 		{"socket-local storage maps", "5.2", func() error { return features.HaveMapType(ebpf.SkStorage) }},
 		{"LPM trie maps", "4.11", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
+		{"BPF ring buffers", "5.8", func() error { return features.HaveMapType(ebpf.RingBuf) }},
+		{"kernel BTF (CONFIG_DEBUG_INFO_BTF)", "5.4", func() error {
+			if _, err := btf.LoadKernelSpec(); err != nil {
+				return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
+			}
+			return nil
+		}},
+		{"cgroup sockopt programs", "5.3", func() error { return features.HaveProgramType(ebpf.CGroupSockopt) }},
 		{"sock_ops programs", "4.13", func() error { return features.HaveProgramType(ebpf.SockOps) }},
 		{"sk_msg programs", "4.17", func() error { return features.HaveProgramType(ebpf.SkMsg) }},
 		{"bpf_sock_hash_update in sock_ops", "4.18", func() error {
@@ -35,6 +44,12 @@ func Probe() error {
 		}},
 		{"bpf_msg_redirect_hash", "4.18", func() error {
 			return features.HaveProgramHelper(ebpf.SkMsg, asm.FnMsgRedirectHash)
+		}},
+		{"bpf_skc_to_tcp_sock in sk_msg", "5.9", func() error {
+			return features.HaveProgramHelper(ebpf.SkMsg, asm.FnSkcToTcpSock)
+		}},
+		{"bpf_probe_read_kernel in sk_msg", "5.8", func() error {
+			return features.HaveProgramHelper(ebpf.SkMsg, asm.FnProbeReadKernel)
 		}},
 	}
 	for _, c := range checks {
