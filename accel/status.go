@@ -57,8 +57,10 @@ type Stats struct {
 	CtCreated       uint64 `json:"conntrack_created"`
 	CtFull          uint64 `json:"conntrack_full"`
 	ClosedDirect    uint64 `json:"closed_direct"`
-	// Directions taken off the fast path for good, by reason.
-	OffBacklog    uint64 `json:"off_backlog"`
+	// Sends handed to TCP because the receiver was past the backlog bound.
+	OffBacklog uint64 `json:"off_backlog"`
+	// Directions taken off the fast path for good (SO_RCVLOWAT, TCP_ULP,
+	// SO_ZEROCOPY).
 	OffSetsockopt uint64 `json:"off_setsockopt"`
 	// Directions back on the fast path once the receiver read every byte
 	// that had gone through TCP.

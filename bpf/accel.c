@@ -244,12 +244,11 @@ static __always_inline void gc_wake(void)
 
 /* Records this end in its connection's conntrack entry and asks for the
  * state callback that removes the entry at TCP_CLOSE. */
-static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock *sk,
+static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock *sk, struct sock *ks,
 				     struct sock_state *state, struct accel_stats *st)
 {
 	__u32 side = state->side & 1;
 	__u64 cookie = bpf_get_socket_cookie(skops);
-	struct sock *ks = kernel_sock(sk);
 	__u64 cgroup_id = sock_cgroup_id(ks);
 	struct ct_entry *e;
 	long err;
@@ -325,6 +324,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	struct sock_key key = {};
 	__u32 family = skops->family;
 	struct bpf_sock *sk;
+	struct sock *ks;
 	__u32 flags;
 	long err;
 
@@ -412,13 +412,10 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	}
 	/* SO_RCVLOWAT is inherited from the listener; poll on the psock
 	 * queue ignores it, so nothing may be redirected into this socket. */
-	{
-		struct sock *ks = kernel_sock(sk);
-
-		if (ks && ks->sk_rcvlowat > 1 && !(state->flags & SOCK_F_NO_INGRESS)) {
-			state->flags |= SOCK_F_NO_INGRESS;
-			__sync_fetch_and_add(&st->off_setsockopt, 1);
-		}
+	ks = kernel_sock(sk);
+	if (ks && ks->sk_rcvlowat > 1 && !(state->flags & SOCK_F_NO_INGRESS)) {
+		state->flags |= SOCK_F_NO_INGRESS;
+		__sync_fetch_and_add(&st->off_setsockopt, 1);
 	}
 	__builtin_memcpy(state->peer.local_ip, key.remote_ip, sizeof(key.remote_ip));
 	__builtin_memcpy(state->peer.remote_ip, key.local_ip, sizeof(key.local_ip));
@@ -446,7 +443,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	}
 	__sync_fetch_and_add(&st->inserted, 1);
 	if (!(flags & CONFIG_F_NO_CONNTRACK))
-		ct_track(skops, sk, state, st);
+		ct_track(skops, sk, ks, state, st);
 }
 
 SEC("sockops")
@@ -537,6 +534,10 @@ int sockaccel_redirect(struct sk_msg_md *msg)
 		 * the per-direction counters and the backlog bound. */
 		e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 	}
+	/* Without its entry (conntrack full) nothing bounds the backlog:
+	 * such a connection is not accelerated. */
+	if (!e && !(flags & CONFIG_F_NO_CONNTRACK))
+		goto pass;
 	if (e && (e->off & (1U << dir)))
 		goto pass; /* the receiver cannot take redirected bytes */
 	if (state->flags & SOCK_F_TCP_PATH) {
@@ -582,7 +583,8 @@ pass:
 	return SK_PASS;
 }
 
-/* Takes one direction of a tracked connection off the fast path for good:
+/* Takes one direction of a tracked connection off the fast path for good
+ * (the setsockopt reasons, not the backlog, which is resumable):
  * its sender sees the bit on its next send. What is already queued stays
  * readable by recvmsg. */
 static __always_inline int direction_off(struct ct_entry *e, __u32 dir)

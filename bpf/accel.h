@@ -76,7 +76,7 @@ enum sock_flags {
 	 * must never overtake them in the peer's receive order, and the
 	 * receiver reads its redirect queue before its TCP queue, so this
 	 * direction stays on TCP until the receiving application has read
-	 * every one of them (or for good, without a conntrack entry). */
+	 * every one of them. */
 	SOCK_F_TCP_PATH = 1 << 0,
 	/* At least one message of this socket was redirected. */
 	SOCK_F_REDIRECTED = 1 << 1,

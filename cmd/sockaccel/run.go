@@ -25,7 +25,7 @@ func runDaemon(args []string) error {
 	logFormat := fs.String("log-format", "", "console, json or journal (default: journal under systemd, else console)")
 	conntrack := fs.Bool("conntrack", true, "track connections (conns, close callback, fallback GC); false turns the whole feature off")
 	gcInterval := fs.Duration("gc-interval", accel.DefaultGCInterval, "how often the fallback GC runs while connections are tracked")
-	backlogBytes := fs.Uint("backlog-bytes", 0, "bound on redirected-but-unread bytes per direction; past it that direction goes back to TCP flow control for good (0: what TCP would allow the receiver: its receive buffer, up to net.ipv4.tcp_rmem max)")
+	backlogBytes := fs.Uint("backlog-bytes", 0, "bound on redirected-but-unread bytes per direction; past it sends go to TCP flow control until the receiver has read everything (0: what TCP would allow the receiver: its receive buffer, up to net.ipv4.tcp_rmem max)")
 	conservative := fs.Bool("conservative", false, "leave connections whose connect()ing socket is blocking on TCP (a blocking recv after its own shutdown(SHUT_WR) can otherwise see EAGAIN)")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "listen address for /metrics, /status, /conns and /healthz; empty disables")
 	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating and remove the pins, after applications read what was already redirected")
