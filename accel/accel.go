@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockaccel/sockaccel/cgroup"
 )
@@ -34,6 +35,7 @@ const (
 	progDir        = "progs"
 	sockOpsLink    = linkDir + "/sockops"
 	setsockoptLink = linkDir + "/setsockopt"
+	detectLink     = linkDir + "/detect"
 	skMsgProgName  = progDir + "/sk_msg"
 )
 
@@ -55,6 +57,10 @@ type Config struct {
 	// blocking mode on TCP: a blocking recv on the redirect path can
 	// return EAGAIN after the socket's own shutdown(SHUT_WR).
 	Conservative bool
+	// DisableDetect turns off the syscall-entry watch for splice,
+	// MSG_WAITALL and MSG_OOB on accelerated sockets (--detect=false),
+	// which otherwise takes those connections off the fast path.
+	DisableDetect bool
 }
 
 // Accelerator holds the loaded objects of a running daemon. Closing it
@@ -113,6 +119,9 @@ func (a *Accelerator) start() error {
 	// Two sockets per connection, one conntrack entry.
 	spec.Maps[accelMapSaSockhash].MaxEntries = 2 * a.cfg.MaxConns
 	spec.Maps[accelMapSaConntrack].MaxEntries = a.cfg.MaxConns
+	if err := setSyscallNumbers(spec); err != nil {
+		return err
+	}
 
 	if err := os.MkdirAll(a.cfg.PinDir, 0o700); err != nil {
 		return fmt.Errorf("create pin dir %s: %w", a.cfg.PinDir, err)
@@ -155,7 +164,75 @@ func (a *Accelerator) start() error {
 	if err := a.attachCgroup(setsockoptLink, ebpf.AttachCGroupSetsockopt, a.objs.SockaccelSetsockopt); err != nil {
 		return err
 	}
+	if err := a.attachDetect(); err != nil {
+		return err
+	}
 	return a.attachCgroup(sockOpsLink, ebpf.AttachCGroupSockOps, a.objs.SockaccelSockops)
+}
+
+// attachDetect attaches the syscall-entry watch and pins its link, replacing
+// the one an earlier run pinned (tracing links cannot swap programs; two
+// watches for a moment only mark a socket twice, which is harmless).
+func (a *Accelerator) attachDetect() error {
+	path := filepath.Join(a.cfg.PinDir, detectLink)
+	if old, err := link.LoadPinnedLink(path, nil); err == nil {
+		defer old.Close()
+		defer func() {
+			if err := old.Unpin(); err != nil && !errors.Is(err, os.ErrNotExist) {
+				a.log.Warn("unpin previous detect link", zap.Error(err))
+			}
+		}()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	if a.cfg.DisableDetect {
+		a.log.Info("use detection off: splice, MSG_WAITALL and MSG_OOB are not watched")
+		return nil
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: a.objs.SockaccelDetect, AttachType: ebpf.AttachTraceRawTp})
+	if err != nil {
+		return fmt.Errorf("attach use detection to tracepoint sys_enter: %w", err)
+	}
+	tmp := path + "-new" // bpffs reserves names with dots
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		l.Close()
+		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	os.Remove(tmp)
+	if err := l.Pin(tmp); err != nil {
+		l.Close()
+		return fmt.Errorf("pin detect link: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		l.Unpin()
+		l.Close()
+		return fmt.Errorf("pin detect link: %w", err)
+	}
+	a.links = append(a.links, l)
+	a.log.Info("attached use detection", zap.String("tracepoint", "sys_enter"), zap.String("pin", path))
+	return nil
+}
+
+// setSyscallNumbers tells the detect program this architecture's numbers.
+func setSyscallNumbers(spec *ebpf.CollectionSpec) error {
+	for name, nr := range map[string]uint32{
+		"nr_recvfrom": unix.SYS_RECVFROM,
+		"nr_recvmsg":  unix.SYS_RECVMSG,
+		"nr_recvmmsg": unix.SYS_RECVMMSG,
+		"nr_sendto":   unix.SYS_SENDTO,
+		"nr_sendmsg":  unix.SYS_SENDMSG,
+		"nr_sendmmsg": unix.SYS_SENDMMSG,
+		"nr_splice":   unix.SYS_SPLICE,
+	} {
+		v, ok := spec.Variables[name]
+		if !ok {
+			return fmt.Errorf("embedded BPF object has no variable %s", name)
+		}
+		if err := v.Set(nr); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 func (a *Accelerator) attachSkMsg() error {

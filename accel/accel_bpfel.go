@@ -44,6 +44,9 @@ type accelAccelStats struct {
 	OffBacklog      uint64
 	OffSetsockopt   uint64
 	Resumed         uint64
+	OffSplice       uint64
+	OffWaitall      uint64
+	OffOob          uint64
 }
 
 type accelCidrKey struct {
@@ -118,6 +121,26 @@ type accelSockState struct {
 	Side  uint32
 }
 
+type accelUseGate struct {
+	_          structs.HostLayout
+	Unconsumed int64
+	Marks      int64
+}
+
+type accelUseMark struct {
+	_        structs.HostLayout
+	Reasons  uint32
+	Consumed uint32
+}
+
+type accelUseReason uint32
+
+const (
+	accelUseReasonUSE_SPLICE  accelUseReason = 1
+	accelUseReasonUSE_WAITALL accelUseReason = 2
+	accelUseReasonUSE_OOB     accelUseReason = 4
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -131,12 +154,23 @@ const (
 	accelMapSaSockState          = "sa_sock_state"
 	accelMapSaSockhash           = "sa_sockhash"
 	accelMapSaStats              = "sa_stats"
+	accelMapSaUseGate            = "sa_use_gate"
+	accelMapSaUseMarks           = "sa_use_marks"
+	accelProgSockaccelDetect     = "sockaccel_detect"
 	accelProgSockaccelRedirect   = "sockaccel_redirect"
 	accelProgSockaccelSetsockopt = "sockaccel_setsockopt"
 	accelProgSockaccelSockops    = "sockaccel_sockops"
+	accelVarNrRecvfrom           = "nr_recvfrom"
+	accelVarNrRecvmmsg           = "nr_recvmmsg"
+	accelVarNrRecvmsg            = "nr_recvmsg"
+	accelVarNrSendmmsg           = "nr_sendmmsg"
+	accelVarNrSendmsg            = "nr_sendmsg"
+	accelVarNrSendto             = "nr_sendto"
+	accelVarNrSplice             = "nr_splice"
 	accelVarUnusedConfigFlags    = "unused_config_flags"
 	accelVarUnusedCtSide         = "unused_ct_side"
 	accelVarUnusedSockFlags      = "unused_sock_flags"
+	accelVarUnusedUseReason      = "unused_use_reason"
 )
 
 // loadAccel returns the embedded CollectionSpec for accel.
@@ -181,6 +215,7 @@ type accelSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelProgramSpecs struct {
+	SockaccelDetect     *ebpf.ProgramSpec `ebpf:"sockaccel_detect"`
 	SockaccelRedirect   *ebpf.ProgramSpec `ebpf:"sockaccel_redirect"`
 	SockaccelSetsockopt *ebpf.ProgramSpec `ebpf:"sockaccel_setsockopt"`
 	SockaccelSockops    *ebpf.ProgramSpec `ebpf:"sockaccel_sockops"`
@@ -199,15 +234,25 @@ type accelMapSpecs struct {
 	SaSockState *ebpf.MapSpec `ebpf:"sa_sock_state"`
 	SaSockhash  *ebpf.MapSpec `ebpf:"sa_sockhash"`
 	SaStats     *ebpf.MapSpec `ebpf:"sa_stats"`
+	SaUseGate   *ebpf.MapSpec `ebpf:"sa_use_gate"`
+	SaUseMarks  *ebpf.MapSpec `ebpf:"sa_use_marks"`
 }
 
 // accelVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelVariableSpecs struct {
+	NrRecvfrom        *ebpf.VariableSpec `ebpf:"nr_recvfrom"`
+	NrRecvmmsg        *ebpf.VariableSpec `ebpf:"nr_recvmmsg"`
+	NrRecvmsg         *ebpf.VariableSpec `ebpf:"nr_recvmsg"`
+	NrSendmmsg        *ebpf.VariableSpec `ebpf:"nr_sendmmsg"`
+	NrSendmsg         *ebpf.VariableSpec `ebpf:"nr_sendmsg"`
+	NrSendto          *ebpf.VariableSpec `ebpf:"nr_sendto"`
+	NrSplice          *ebpf.VariableSpec `ebpf:"nr_splice"`
 	UnusedConfigFlags *ebpf.VariableSpec `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.VariableSpec `ebpf:"unused_ct_side"`
 	UnusedSockFlags   *ebpf.VariableSpec `ebpf:"unused_sock_flags"`
+	UnusedUseReason   *ebpf.VariableSpec `ebpf:"unused_use_reason"`
 }
 
 // accelObjects contains all objects after they have been loaded into the kernel.
@@ -239,6 +284,8 @@ type accelMaps struct {
 	SaSockState *ebpf.Map `ebpf:"sa_sock_state"`
 	SaSockhash  *ebpf.Map `ebpf:"sa_sockhash"`
 	SaStats     *ebpf.Map `ebpf:"sa_stats"`
+	SaUseGate   *ebpf.Map `ebpf:"sa_use_gate"`
+	SaUseMarks  *ebpf.Map `ebpf:"sa_use_marks"`
 }
 
 func (m *accelMaps) Close() error {
@@ -252,6 +299,8 @@ func (m *accelMaps) Close() error {
 		m.SaSockState,
 		m.SaSockhash,
 		m.SaStats,
+		m.SaUseGate,
+		m.SaUseMarks,
 	)
 }
 
@@ -259,15 +308,24 @@ func (m *accelMaps) Close() error {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelVariables struct {
+	NrRecvfrom        *ebpf.Variable `ebpf:"nr_recvfrom"`
+	NrRecvmmsg        *ebpf.Variable `ebpf:"nr_recvmmsg"`
+	NrRecvmsg         *ebpf.Variable `ebpf:"nr_recvmsg"`
+	NrSendmmsg        *ebpf.Variable `ebpf:"nr_sendmmsg"`
+	NrSendmsg         *ebpf.Variable `ebpf:"nr_sendmsg"`
+	NrSendto          *ebpf.Variable `ebpf:"nr_sendto"`
+	NrSplice          *ebpf.Variable `ebpf:"nr_splice"`
 	UnusedConfigFlags *ebpf.Variable `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.Variable `ebpf:"unused_ct_side"`
 	UnusedSockFlags   *ebpf.Variable `ebpf:"unused_sock_flags"`
+	UnusedUseReason   *ebpf.Variable `ebpf:"unused_use_reason"`
 }
 
 // accelPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelPrograms struct {
+	SockaccelDetect     *ebpf.Program `ebpf:"sockaccel_detect"`
 	SockaccelRedirect   *ebpf.Program `ebpf:"sockaccel_redirect"`
 	SockaccelSetsockopt *ebpf.Program `ebpf:"sockaccel_setsockopt"`
 	SockaccelSockops    *ebpf.Program `ebpf:"sockaccel_sockops"`
@@ -275,6 +333,7 @@ type accelPrograms struct {
 
 func (p *accelPrograms) Close() error {
 	return _AccelClose(
+		p.SockaccelDetect,
 		p.SockaccelRedirect,
 		p.SockaccelSetsockopt,
 		p.SockaccelSockops,

@@ -54,6 +54,10 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 	metric("sockaccel_sends_backlog_total", "counter", "Sends handed to TCP because the receiver was further behind than the backlog bound.", one(s.OffBacklog))
 	metric("sockaccel_directions_off_total", "counter", "Connection directions taken off the fast path for good, by reason.",
 		sample{`reason="setsockopt"`, s.OffSetsockopt})
+	metric("sockaccel_connections_off_total", "counter", "Connections taken off the fast path for good when an application first used a call the redirect path does not honour, by call.",
+		sample{`reason="splice"`, s.OffSplice},
+		sample{`reason="waitall"`, s.OffWaitall},
+		sample{`reason="oob"`, s.OffOOB})
 	metric("sockaccel_directions_resumed_total", "counter", "Directions back on the fast path after the receiver read every byte that went through TCP.", one(s.Resumed))
 	metric("sockaccel_conntrack_closed_total", "counter", "Conntrack entries removed, by what removed them.",
 		sample{`by="close_callback"`, s.ClosedDirect},

@@ -65,6 +65,11 @@ type Stats struct {
 	// Directions back on the fast path once the receiver read every byte
 	// that had gone through TCP.
 	Resumed uint64 `json:"resumed"`
+	// Connections taken off the fast path for good when one end first
+	// used splice, recv(MSG_WAITALL) or MSG_OOB.
+	OffSplice  uint64 `json:"off_splice"`
+	OffWaitall uint64 `json:"off_waitall"`
+	OffOOB     uint64 `json:"off_oob"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -196,6 +201,9 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.OffBacklog += c.OffBacklog
 		s.OffSetsockopt += c.OffSetsockopt
 		s.Resumed += c.Resumed
+		s.OffSplice += c.OffSplice
+		s.OffWaitall += c.OffWaitall
+		s.OffOOB += c.OffOob
 	}
 	return s, nil
 }

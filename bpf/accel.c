@@ -36,11 +36,36 @@ struct cgroup {
 struct sock_cgroup_data {
 	struct cgroup *cgroup;
 } __attribute__((preserve_access_index));
+struct inode {
+	unsigned short i_mode;
+} __attribute__((preserve_access_index));
 struct file {
 	unsigned int f_flags;
+	struct inode *f_inode;
+	void *private_data;
 } __attribute__((preserve_access_index));
+struct sock;
 struct socket {
 	struct file *file;
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+struct task_struct {
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+/* Syscall arguments as saved at entry, per architecture; CO-RE keeps the
+ * flavour the running kernel has. */
+struct pt_regs___x86 {
+	unsigned long di, si, dx, r10;
+} __attribute__((preserve_access_index));
+struct pt_regs___arm64 {
+	__u64 regs[31];
 } __attribute__((preserve_access_index));
 struct sock {
 	struct sock_cgroup_data sk_cgrp_data;
@@ -59,6 +84,11 @@ struct tcp_sock {
 
 /* sk_user_data carries flag bits below the psock pointer. */
 #define SK_USER_DATA_PTRMASK (~7UL)
+#define SK_USER_DATA_PSOCK 4UL
+#define S_IFMT 0170000
+#define S_IFSOCK 0140000
+#define MSG_OOB 1
+#define MSG_WAITALL 0x100
 #define PAGE_SIZE 4096
 #define O_NONBLOCK 04000
 #define SOL_SOCKET 1
@@ -71,6 +101,17 @@ struct tcp_sock {
 const enum config_flags *unused_config_flags __attribute__((unused));
 const enum sock_flags *unused_sock_flags __attribute__((unused));
 const enum ct_side *unused_ct_side __attribute__((unused));
+const enum use_reason *unused_use_reason __attribute__((unused));
+
+/* Syscall numbers of the running architecture, set by the loader (these
+ * defaults are x86_64's). */
+volatile const __u32 nr_recvfrom = 45;
+volatile const __u32 nr_recvmsg = 47;
+volatile const __u32 nr_recvmmsg = 299;
+volatile const __u32 nr_sendto = 44;
+volatile const __u32 nr_sendmsg = 46;
+volatile const __u32 nr_sendmmsg = 307;
+volatile const __u32 nr_splice = 275;
 
 /* Both ends of every accelerated connection. Sized at load time from
  * --max-conns; pinned so live connections outlive the daemon. */
@@ -151,6 +192,27 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sa_gc_wake SEC(".maps");
 
+/* Sockets seen using a call the redirect path does not honour (struct
+ * use_mark), by struct sock address. LRU: a mark is never worth failing
+ * for, and one evicted before it was consumed only leaves that connection
+ * as it was. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct use_mark);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_use_marks SEC(".maps");
+
+/* Single entry: struct use_gate. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct use_gate);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_use_gate SEC(".maps");
+
 /* Counters (struct accel_stats), one copy per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -172,6 +234,13 @@ static __always_inline struct accel_config *config(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&sa_config, &zero);
+}
+
+static __always_inline struct use_gate *use_gate(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&sa_use_gate, &zero);
 }
 
 
@@ -281,6 +350,24 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/* A closed socket's address will be reused: its mark must go with it. */
+static __always_inline void forget_use_mark(__u64 addr)
+{
+	struct use_gate *gate = use_gate();
+	struct use_mark *m;
+
+	if (!gate || gate->marks <= 0)
+		return;
+	m = bpf_map_lookup_elem(&sa_use_marks, &addr);
+	if (!m)
+		return;
+	/* Whoever flips consumed settles the unconsumed count. */
+	if (__sync_val_compare_and_swap(&m->consumed, 0, 1) == 0)
+		__sync_fetch_and_add(&gate->unconsumed, -1);
+	if (bpf_map_delete_elem(&sa_use_marks, &addr) == 0)
+		__sync_fetch_and_add(&gate->marks, -1);
+}
+
 /* TCP_CLOSE on a tracked end: the entry goes when its last local end is
  * closed. Only the conntrack entry: the sockhash entry stays until the
  * application closes the socket (unlinking earlier frees unread bytes). */
@@ -299,6 +386,7 @@ static __always_inline void ct_close(struct bpf_sock_ops *skops)
 	if (!state || !(state->flags & SOCK_F_TRACKED))
 		return;
 	state->flags &= ~SOCK_F_TRACKED;
+	forget_use_mark((__u64)(unsigned long)sk);
 	cookie = bpf_get_socket_cookie(skops);
 	e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 	if (!e)
@@ -465,24 +553,32 @@ int sockaccel_sockops(struct bpf_sock_ops *skops)
 }
 
 
+/* Unread redirected bytes queued at the socket at addr (0 if unknown). */
+static __always_inline __u32 psock_queued(__u64 addr)
+{
+	struct sock *s = (struct sock *)addr;
+	struct sk_psock *psock;
+	unsigned long user_data;
+	__u32 queued = 0;
+
+	if (bpf_probe_read_kernel(&user_data, sizeof(user_data), &s->sk_user_data))
+		return 0;
+	psock = (struct sk_psock *)(user_data & SK_USER_DATA_PTRMASK);
+	if (psock)
+		bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len);
+	return queued;
+}
+
 /* Whether queueing size more bytes at the receiver would exceed the bound.
  * The receiver's unread redirected bytes are its psock's msg_tot_len, the
  * kernel's own accounting, read through BTF. */
 static __always_inline int backlog_exceeded(struct ct_entry *e, __u32 dir, struct accel_config *cfg, __u64 size)
 {
 	struct sock *peer = (struct sock *)e->sk[dir ^ 1];
-	struct sk_psock *psock;
-	unsigned long user_data;
-	__u32 queued = 0;
 	int rcvbuf = 0;
 	__u64 bound;
 
 	if (!peer)
-		return 0;
-	if (bpf_probe_read_kernel(&user_data, sizeof(user_data), &peer->sk_user_data))
-		return 0;
-	psock = (struct sk_psock *)(user_data & SK_USER_DATA_PTRMASK);
-	if (!psock || bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len))
 		return 0;
 	bound = cfg->backlog_bytes;
 	if (!bound) {
@@ -490,7 +586,7 @@ static __always_inline int backlog_exceeded(struct ct_entry *e, __u32 dir, struc
 			return 0;
 		bound = (__u32)rcvbuf > cfg->rcvbuf_max ? (__u32)rcvbuf : cfg->rcvbuf_max;
 	}
-	return queued + size > bound;
+	return psock_queued(e->sk[dir ^ 1]) + size > bound;
 }
 
 /* Whether the receiving application has read every byte this socket handed
@@ -507,6 +603,42 @@ static __always_inline int tcp_bytes_all_read(struct bpf_sock *sk, struct ct_ent
 	if (bpf_probe_read_kernel(&copied, sizeof(copied), &peer->copied_seq))
 		return 0;
 	return copied == me->write_seq;
+}
+
+/* Takes the connection off the fast path, both directions and for good, if
+ * either end was seen using a call the redirect path does not honour.
+ *
+ * Falling back is safe for recvmsg, which drains the redirect queue before
+ * the TCP queue. splice reads only the TCP queue, so while the splicing end
+ * still has redirected bytes unread, this keeps redirecting: bytes sent
+ * through TCP now would be spliced ahead of them. */
+static __always_inline void consume_use_marks(struct ct_entry *e, struct accel_stats *st, struct use_gate *gate)
+{
+	struct use_mark *m;
+	__u64 addr;
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		addr = e->sk[i];
+		if (!addr)
+			continue;
+		m = bpf_map_lookup_elem(&sa_use_marks, &addr);
+		if (!m || m->consumed)
+			continue;
+		if (m->reasons == USE_SPLICE && psock_queued(addr))
+			continue;
+		if (__sync_val_compare_and_swap(&m->consumed, 0, 1) != 0)
+			continue;
+		__sync_fetch_and_add(&gate->unconsumed, -1);
+		if (__sync_fetch_and_or(&e->off, 3) == 3)
+			continue; /* already off for another reason */
+		if (m->reasons & USE_SPLICE)
+			__sync_fetch_and_add(&st->off_splice, 1);
+		if (m->reasons & USE_WAITALL)
+			__sync_fetch_and_add(&st->off_waitall, 1);
+		if (m->reasons & USE_OOB)
+			__sync_fetch_and_add(&st->off_oob, 1);
+	}
 }
 
 SEC("sk_msg")
@@ -538,6 +670,12 @@ int sockaccel_redirect(struct sk_msg_md *msg)
 	 * such a connection is not accelerated. */
 	if (!e && !(flags & CONFIG_F_NO_CONNTRACK))
 		goto pass;
+	if (e && !(e->off & (1U << dir))) {
+		struct use_gate *gate = use_gate();
+
+		if (gate && gate->unconsumed > 0)
+			consume_use_marks(e, st, gate);
+	}
 	if (e && (e->off & (1U << dir)))
 		goto pass; /* the receiver cannot take redirected bytes */
 	if (state->flags & SOCK_F_TCP_PATH) {
@@ -640,4 +778,123 @@ int sockaccel_setsockopt(struct bpf_sockopt *ctx)
 		}
 	}
 	return 1;
+}
+
+/* Reads syscall argument n (0-5) as saved at entry. */
+static __always_inline __u64 syscall_arg(void *regs, int n)
+{
+	__u64 v = 0;
+
+	if (__builtin_preserve_field_info(((struct pt_regs___x86 *)0)->di, 2 /* exists */)) {
+		struct pt_regs___x86 *r = regs;
+
+		switch (n) {
+		case 0: bpf_probe_read_kernel(&v, sizeof(v), &r->di); break;
+		case 2: bpf_probe_read_kernel(&v, sizeof(v), &r->dx); break;
+		case 3: bpf_probe_read_kernel(&v, sizeof(v), &r->r10); break;
+		}
+	} else {
+		struct pt_regs___arm64 *r = regs;
+
+		if (n >= 0 && n < 6)
+			bpf_probe_read_kernel(&v, sizeof(v), &r->regs[n]);
+	}
+	return v;
+}
+
+/* The struct sock behind the calling task's fd, if the fd is a socket
+ * in some SOCKHASH or SOCKMAP (its sk_user_data is a psock). Read with
+ * bpf_probe_read_kernel under the tracepoint's RCU read lock: a racing
+ * close() yields no socket or a wrong one at worst, and a wrong mark only
+ * ever costs a connection its acceleration. */
+static __always_inline __u64 psock_of_fd(__u64 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct files_struct *files = NULL;
+	struct fdtable *fdt = NULL;
+	struct file **fds = NULL;
+	struct file *file = NULL;
+	struct inode *inode = NULL;
+	struct socket *sock = NULL;
+	struct sock *sk = NULL;
+	unsigned long user_data = 0;
+	unsigned int max_fds = 0;
+	unsigned short mode = 0;
+
+	if (bpf_probe_read_kernel(&files, sizeof(files), &task->files) || !files)
+		return 0;
+	if (bpf_probe_read_kernel(&fdt, sizeof(fdt), &files->fdt) || !fdt)
+		return 0;
+	if (bpf_probe_read_kernel(&max_fds, sizeof(max_fds), &fdt->max_fds) || fd >= max_fds)
+		return 0;
+	if (bpf_probe_read_kernel(&fds, sizeof(fds), &fdt->fd) || !fds)
+		return 0;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return 0;
+	if (bpf_probe_read_kernel(&inode, sizeof(inode), &file->f_inode) || !inode)
+		return 0;
+	if (bpf_probe_read_kernel(&mode, sizeof(mode), &inode->i_mode) || (mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	if (bpf_probe_read_kernel(&sock, sizeof(sock), &file->private_data) || !sock)
+		return 0;
+	if (bpf_probe_read_kernel(&sk, sizeof(sk), &sock->sk) || !sk)
+		return 0;
+	if (bpf_probe_read_kernel(&user_data, sizeof(user_data), &sk->sk_user_data))
+		return 0;
+	if (!(user_data & SK_USER_DATA_PSOCK))
+		return 0;
+	return (__u64)(unsigned long)sk;
+}
+
+static __always_inline void mark_use(__u64 fd, __u32 reason)
+{
+	struct use_gate *gate = use_gate();
+	struct use_mark fresh = { .reasons = reason };
+	struct use_mark *m;
+	__u64 addr;
+
+	if (!gate)
+		return;
+	addr = psock_of_fd(fd);
+	if (!addr)
+		return;
+	m = bpf_map_lookup_elem(&sa_use_marks, &addr);
+	if (m) {
+		if (!m->consumed && !(m->reasons & reason))
+			__sync_fetch_and_or(&m->reasons, reason);
+		return;
+	}
+	if (bpf_map_update_elem(&sa_use_marks, &addr, &fresh, BPF_NOEXIST) == 0) {
+		__sync_fetch_and_add(&gate->marks, 1);
+		__sync_fetch_and_add(&gate->unconsumed, 1);
+	}
+}
+
+/* Sees, before the kernel acts on them, the calls whose semantics the
+ * redirect path does not honour, and marks the socket; the connection's
+ * next redirected send takes it off the fast path (consume_use_marks).
+ * Runs at every syscall entry on the host, so everything else leaves at
+ * the first comparisons. io_uring submissions do not pass here. */
+SEC("tp_btf/sys_enter")
+int sockaccel_detect(__u64 *ctx)
+{
+	void *regs = (void *)ctx[0];
+	long id = (long)ctx[1];
+	__u64 flags;
+
+	if (id == nr_splice) {
+		mark_use(syscall_arg(regs, 0), USE_SPLICE);
+		return 0;
+	}
+	if (id == nr_recvfrom || id == nr_recvmmsg || id == nr_sendto || id == nr_sendmmsg)
+		flags = syscall_arg(regs, 3);
+	else if (id == nr_recvmsg || id == nr_sendmsg)
+		flags = syscall_arg(regs, 2);
+	else
+		return 0;
+	if (flags & MSG_OOB)
+		mark_use(syscall_arg(regs, 0), USE_OOB);
+	else if ((flags & MSG_WAITALL) && (id == nr_recvfrom || id == nr_recvmsg || id == nr_recvmmsg))
+		mark_use(syscall_arg(regs, 0), USE_WAITALL);
+	return 0;
 }

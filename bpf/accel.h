@@ -156,6 +156,36 @@ struct accel_stats {
 	/* Directions back on the fast path after the receiver read every
 	 * byte that went through TCP. */
 	__u64 resumed;
+	/* Connections taken off the fast path for good when an application
+	 * first used a call the redirect path does not honour (see
+	 * sockaccel_detect): splice from the socket, recv with MSG_WAITALL,
+	 * send or recv with MSG_OOB. */
+	__u64 off_splice;
+	__u64 off_waitall;
+	__u64 off_oob;
+};
+
+/* Calls on an accelerated socket whose semantics the redirect path breaks,
+ * seen at syscall entry by sockaccel_detect. */
+enum use_reason {
+	USE_SPLICE = 1 << 0,  /* splice(2) reads only the TCP receive queue */
+	USE_WAITALL = 1 << 1, /* tcp_bpf_recvmsg ignores MSG_WAITALL */
+	USE_OOB = 1 << 2,     /* urgent data would arrive in-band */
+};
+
+/* A socket seen using one of those calls, keyed by its struct sock address,
+ * until the sender side of its connection takes the connection off the fast
+ * path (consumed) and the socket closes. */
+struct use_mark {
+	__u32 reasons;  /* USE_* */
+	__u32 consumed; /* 1 once its connection is off the fast path */
+};
+
+/* Lets sk_msg skip the mark lookups while no mark waits to be consumed, and
+ * the close callback skip its delete while there are no marks at all. */
+struct use_gate {
+	__s64 unconsumed;
+	__s64 marks;
 };
 
 #endif

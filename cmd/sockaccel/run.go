@@ -26,6 +26,7 @@ func runDaemon(args []string) error {
 	conntrack := fs.Bool("conntrack", true, "track connections (conns, close callback, fallback GC); false turns the whole feature off")
 	gcInterval := fs.Duration("gc-interval", accel.DefaultGCInterval, "how often the fallback GC runs while connections are tracked")
 	backlogBytes := fs.Uint("backlog-bytes", 0, "bound on redirected-but-unread bytes per direction; past it sends go to TCP flow control until the receiver has read everything (0: what TCP would allow the receiver: its receive buffer, up to net.ipv4.tcp_rmem max)")
+	detect := fs.Bool("detect", true, "watch syscall entry for splice, recv(MSG_WAITALL) and MSG_OOB on accelerated sockets and take those connections off the fast path")
 	conservative := fs.Bool("conservative", false, "leave connections whose connect()ing socket is blocking on TCP (a blocking recv after its own shutdown(SHUT_WR) can otherwise see EAGAIN)")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "listen address for /metrics, /status, /conns and /healthz; empty disables")
 	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating and remove the pins, after applications read what was already redirected")
@@ -90,6 +91,7 @@ func runDaemon(args []string) error {
 		DisableConntrack: !*conntrack,
 		BacklogBytes:     uint32(*backlogBytes),
 		Conservative:     *conservative,
+		DisableDetect:    !*detect,
 	}, log.Named("accel"))
 	if err != nil {
 		return err
@@ -103,6 +105,7 @@ func runDaemon(args []string) error {
 		zap.Stringers("exclude_cidrs", cidrs),
 		zap.Bool("conntrack", *conntrack),
 		zap.Bool("conservative", *conservative),
+		zap.Bool("detect", *detect),
 		zap.Bool("adopted", a.Adopted()),
 		zap.String("version", version))
 
