@@ -20,7 +20,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/sockaccel/sockaccel/cgroup"
 )
@@ -35,8 +34,9 @@ const (
 	progDir        = "progs"
 	sockOpsLink    = linkDir + "/sockops"
 	setsockoptLink = linkDir + "/setsockopt"
-	detectLink     = linkDir + "/detect"
-	skMsgProgName  = progDir + "/sk_msg"
+	// One pinned link per watched syscall tracepoint.
+	detectLinkPrefix = "detect-"
+	skMsgProgName    = progDir + "/sk_msg"
 )
 
 // Config is what the daemon loads and attaches.
@@ -119,9 +119,6 @@ func (a *Accelerator) start() error {
 	// Two sockets per connection, one conntrack entry.
 	spec.Maps[accelMapSaSockhash].MaxEntries = 2 * a.cfg.MaxConns
 	spec.Maps[accelMapSaConntrack].MaxEntries = a.cfg.MaxConns
-	if err := setSyscallNumbers(spec); err != nil {
-		return err
-	}
 
 	if err := os.MkdirAll(a.cfg.PinDir, 0o700); err != nil {
 		return fmt.Errorf("create pin dir %s: %w", a.cfg.PinDir, err)
@@ -170,67 +167,58 @@ func (a *Accelerator) start() error {
 	return a.attachCgroup(sockOpsLink, ebpf.AttachCGroupSockOps, a.objs.SockaccelSockops)
 }
 
-// attachDetect attaches the syscall-entry watch and pins its link, replacing
-// the one an earlier run pinned (tracing links cannot swap programs; two
-// watches for a moment only mark a socket twice, which is harmless).
+// detectTracepoints maps each syscall tracepoint the use detector watches
+// to its program.
+func (a *Accelerator) detectTracepoints() map[string]*ebpf.Program {
+	return map[string]*ebpf.Program{
+		"sys_enter_splice":   a.objs.SockaccelDetectSplice,
+		"sys_enter_recvfrom": a.objs.SockaccelDetectRecv,
+		"sys_enter_recvmmsg": a.objs.SockaccelDetectRecv,
+		"sys_enter_recvmsg":  a.objs.SockaccelDetectRecvmsg,
+		"sys_enter_sendto":   a.objs.SockaccelDetectSend,
+		"sys_enter_sendmmsg": a.objs.SockaccelDetectSend,
+		"sys_enter_sendmsg":  a.objs.SockaccelDetectSendmsg,
+	}
+}
+
+// attachDetect attaches the use detector to its syscall tracepoints and pins
+// each link, replacing the links an earlier run pinned: tracepoint links
+// cannot swap programs, and renaming the new pin over the old one releases
+// the old link. For a moment both run, which only marks a socket twice.
 func (a *Accelerator) attachDetect() error {
-	path := filepath.Join(a.cfg.PinDir, detectLink)
-	if old, err := link.LoadPinnedLink(path, nil); err == nil {
-		defer old.Close()
-		defer func() {
-			if err := old.Unpin(); err != nil && !errors.Is(err, os.ErrNotExist) {
-				a.log.Warn("unpin previous detect link", zap.Error(err))
+	dir := filepath.Join(a.cfg.PinDir, linkDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	for tp, prog := range a.detectTracepoints() {
+		path := filepath.Join(dir, detectLinkPrefix+tp)
+		if a.cfg.DisableDetect {
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("remove %s: %w", path, err)
 			}
-		}()
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("load pinned link %s: %w", path, err)
+			continue
+		}
+		l, err := link.Tracepoint("syscalls", tp, prog, nil)
+		if err != nil {
+			return fmt.Errorf("attach use detection to tracepoint syscalls/%s (needs tracefs and syscall tracepoints; --detect=false runs without): %w", tp, err)
+		}
+		tmp := path + "-new" // bpffs reserves names with dots
+		os.Remove(tmp)
+		if err := l.Pin(tmp); err != nil {
+			l.Close()
+			return fmt.Errorf("pin %s link: %w", tp, err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			l.Unpin()
+			l.Close()
+			return fmt.Errorf("pin %s link: %w", tp, err)
+		}
+		a.links = append(a.links, l)
 	}
 	if a.cfg.DisableDetect {
 		a.log.Info("use detection off: splice, MSG_WAITALL and MSG_OOB are not watched")
-		return nil
-	}
-	l, err := link.AttachTracing(link.TracingOptions{Program: a.objs.SockaccelDetect, AttachType: ebpf.AttachTraceRawTp})
-	if err != nil {
-		return fmt.Errorf("attach use detection to tracepoint sys_enter: %w", err)
-	}
-	tmp := path + "-new" // bpffs reserves names with dots
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		l.Close()
-		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
-	os.Remove(tmp)
-	if err := l.Pin(tmp); err != nil {
-		l.Close()
-		return fmt.Errorf("pin detect link: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		l.Unpin()
-		l.Close()
-		return fmt.Errorf("pin detect link: %w", err)
-	}
-	a.links = append(a.links, l)
-	a.log.Info("attached use detection", zap.String("tracepoint", "sys_enter"), zap.String("pin", path))
-	return nil
-}
-
-// setSyscallNumbers tells the detect program this architecture's numbers.
-func setSyscallNumbers(spec *ebpf.CollectionSpec) error {
-	for name, nr := range map[string]uint32{
-		"nr_recvfrom": unix.SYS_RECVFROM,
-		"nr_recvmsg":  unix.SYS_RECVMSG,
-		"nr_recvmmsg": unix.SYS_RECVMMSG,
-		"nr_sendto":   unix.SYS_SENDTO,
-		"nr_sendmsg":  unix.SYS_SENDMSG,
-		"nr_sendmmsg": unix.SYS_SENDMMSG,
-		"nr_splice":   unix.SYS_SPLICE,
-	} {
-		v, ok := spec.Variables[name]
-		if !ok {
-			return fmt.Errorf("embedded BPF object has no variable %s", name)
-		}
-		if err := v.Set(nr); err != nil {
-			return fmt.Errorf("set %s: %w", name, err)
-		}
+	} else {
+		a.log.Info("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"))
 	}
 	return nil
 }

@@ -145,32 +145,29 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	accelMapSaConfig             = "sa_config"
-	accelMapSaConntrack          = "sa_conntrack"
-	accelMapSaExclCidrs          = "sa_excl_cidrs"
-	accelMapSaExclPorts          = "sa_excl_ports"
-	accelMapSaGc                 = "sa_gc"
-	accelMapSaGcWake             = "sa_gc_wake"
-	accelMapSaSockState          = "sa_sock_state"
-	accelMapSaSockhash           = "sa_sockhash"
-	accelMapSaStats              = "sa_stats"
-	accelMapSaUseGate            = "sa_use_gate"
-	accelMapSaUseMarks           = "sa_use_marks"
-	accelProgSockaccelDetect     = "sockaccel_detect"
-	accelProgSockaccelRedirect   = "sockaccel_redirect"
-	accelProgSockaccelSetsockopt = "sockaccel_setsockopt"
-	accelProgSockaccelSockops    = "sockaccel_sockops"
-	accelVarNrRecvfrom           = "nr_recvfrom"
-	accelVarNrRecvmmsg           = "nr_recvmmsg"
-	accelVarNrRecvmsg            = "nr_recvmsg"
-	accelVarNrSendmmsg           = "nr_sendmmsg"
-	accelVarNrSendmsg            = "nr_sendmsg"
-	accelVarNrSendto             = "nr_sendto"
-	accelVarNrSplice             = "nr_splice"
-	accelVarUnusedConfigFlags    = "unused_config_flags"
-	accelVarUnusedCtSide         = "unused_ct_side"
-	accelVarUnusedSockFlags      = "unused_sock_flags"
-	accelVarUnusedUseReason      = "unused_use_reason"
+	accelMapSaConfig                = "sa_config"
+	accelMapSaConntrack             = "sa_conntrack"
+	accelMapSaExclCidrs             = "sa_excl_cidrs"
+	accelMapSaExclPorts             = "sa_excl_ports"
+	accelMapSaGc                    = "sa_gc"
+	accelMapSaGcWake                = "sa_gc_wake"
+	accelMapSaSockState             = "sa_sock_state"
+	accelMapSaSockhash              = "sa_sockhash"
+	accelMapSaStats                 = "sa_stats"
+	accelMapSaUseGate               = "sa_use_gate"
+	accelMapSaUseMarks              = "sa_use_marks"
+	accelProgSockaccelDetectRecv    = "sockaccel_detect_recv"
+	accelProgSockaccelDetectRecvmsg = "sockaccel_detect_recvmsg"
+	accelProgSockaccelDetectSend    = "sockaccel_detect_send"
+	accelProgSockaccelDetectSendmsg = "sockaccel_detect_sendmsg"
+	accelProgSockaccelDetectSplice  = "sockaccel_detect_splice"
+	accelProgSockaccelRedirect      = "sockaccel_redirect"
+	accelProgSockaccelSetsockopt    = "sockaccel_setsockopt"
+	accelProgSockaccelSockops       = "sockaccel_sockops"
+	accelVarUnusedConfigFlags       = "unused_config_flags"
+	accelVarUnusedCtSide            = "unused_ct_side"
+	accelVarUnusedSockFlags         = "unused_sock_flags"
+	accelVarUnusedUseReason         = "unused_use_reason"
 )
 
 // loadAccel returns the embedded CollectionSpec for accel.
@@ -215,10 +212,14 @@ type accelSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelProgramSpecs struct {
-	SockaccelDetect     *ebpf.ProgramSpec `ebpf:"sockaccel_detect"`
-	SockaccelRedirect   *ebpf.ProgramSpec `ebpf:"sockaccel_redirect"`
-	SockaccelSetsockopt *ebpf.ProgramSpec `ebpf:"sockaccel_setsockopt"`
-	SockaccelSockops    *ebpf.ProgramSpec `ebpf:"sockaccel_sockops"`
+	SockaccelDetectRecv    *ebpf.ProgramSpec `ebpf:"sockaccel_detect_recv"`
+	SockaccelDetectRecvmsg *ebpf.ProgramSpec `ebpf:"sockaccel_detect_recvmsg"`
+	SockaccelDetectSend    *ebpf.ProgramSpec `ebpf:"sockaccel_detect_send"`
+	SockaccelDetectSendmsg *ebpf.ProgramSpec `ebpf:"sockaccel_detect_sendmsg"`
+	SockaccelDetectSplice  *ebpf.ProgramSpec `ebpf:"sockaccel_detect_splice"`
+	SockaccelRedirect      *ebpf.ProgramSpec `ebpf:"sockaccel_redirect"`
+	SockaccelSetsockopt    *ebpf.ProgramSpec `ebpf:"sockaccel_setsockopt"`
+	SockaccelSockops       *ebpf.ProgramSpec `ebpf:"sockaccel_sockops"`
 }
 
 // accelMapSpecs contains maps before they are loaded into the kernel.
@@ -242,13 +243,6 @@ type accelMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelVariableSpecs struct {
-	NrRecvfrom        *ebpf.VariableSpec `ebpf:"nr_recvfrom"`
-	NrRecvmmsg        *ebpf.VariableSpec `ebpf:"nr_recvmmsg"`
-	NrRecvmsg         *ebpf.VariableSpec `ebpf:"nr_recvmsg"`
-	NrSendmmsg        *ebpf.VariableSpec `ebpf:"nr_sendmmsg"`
-	NrSendmsg         *ebpf.VariableSpec `ebpf:"nr_sendmsg"`
-	NrSendto          *ebpf.VariableSpec `ebpf:"nr_sendto"`
-	NrSplice          *ebpf.VariableSpec `ebpf:"nr_splice"`
 	UnusedConfigFlags *ebpf.VariableSpec `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.VariableSpec `ebpf:"unused_ct_side"`
 	UnusedSockFlags   *ebpf.VariableSpec `ebpf:"unused_sock_flags"`
@@ -308,13 +302,6 @@ func (m *accelMaps) Close() error {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelVariables struct {
-	NrRecvfrom        *ebpf.Variable `ebpf:"nr_recvfrom"`
-	NrRecvmmsg        *ebpf.Variable `ebpf:"nr_recvmmsg"`
-	NrRecvmsg         *ebpf.Variable `ebpf:"nr_recvmsg"`
-	NrSendmmsg        *ebpf.Variable `ebpf:"nr_sendmmsg"`
-	NrSendmsg         *ebpf.Variable `ebpf:"nr_sendmsg"`
-	NrSendto          *ebpf.Variable `ebpf:"nr_sendto"`
-	NrSplice          *ebpf.Variable `ebpf:"nr_splice"`
 	UnusedConfigFlags *ebpf.Variable `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.Variable `ebpf:"unused_ct_side"`
 	UnusedSockFlags   *ebpf.Variable `ebpf:"unused_sock_flags"`
@@ -325,15 +312,23 @@ type accelVariables struct {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelPrograms struct {
-	SockaccelDetect     *ebpf.Program `ebpf:"sockaccel_detect"`
-	SockaccelRedirect   *ebpf.Program `ebpf:"sockaccel_redirect"`
-	SockaccelSetsockopt *ebpf.Program `ebpf:"sockaccel_setsockopt"`
-	SockaccelSockops    *ebpf.Program `ebpf:"sockaccel_sockops"`
+	SockaccelDetectRecv    *ebpf.Program `ebpf:"sockaccel_detect_recv"`
+	SockaccelDetectRecvmsg *ebpf.Program `ebpf:"sockaccel_detect_recvmsg"`
+	SockaccelDetectSend    *ebpf.Program `ebpf:"sockaccel_detect_send"`
+	SockaccelDetectSendmsg *ebpf.Program `ebpf:"sockaccel_detect_sendmsg"`
+	SockaccelDetectSplice  *ebpf.Program `ebpf:"sockaccel_detect_splice"`
+	SockaccelRedirect      *ebpf.Program `ebpf:"sockaccel_redirect"`
+	SockaccelSetsockopt    *ebpf.Program `ebpf:"sockaccel_setsockopt"`
+	SockaccelSockops       *ebpf.Program `ebpf:"sockaccel_sockops"`
 }
 
 func (p *accelPrograms) Close() error {
 	return _AccelClose(
-		p.SockaccelDetect,
+		p.SockaccelDetectRecv,
+		p.SockaccelDetectRecvmsg,
+		p.SockaccelDetectSend,
+		p.SockaccelDetectSendmsg,
+		p.SockaccelDetectSplice,
 		p.SockaccelRedirect,
 		p.SockaccelSetsockopt,
 		p.SockaccelSockops,

@@ -59,14 +59,6 @@ struct files_struct {
 struct task_struct {
 	struct files_struct *files;
 } __attribute__((preserve_access_index));
-/* Syscall arguments as saved at entry, per architecture; CO-RE keeps the
- * flavour the running kernel has. */
-struct pt_regs___x86 {
-	unsigned long di, si, dx, r10;
-} __attribute__((preserve_access_index));
-struct pt_regs___arm64 {
-	__u64 regs[31];
-} __attribute__((preserve_access_index));
 struct sock {
 	struct sock_cgroup_data sk_cgrp_data;
 	int sk_rcvbuf;
@@ -103,15 +95,6 @@ const enum sock_flags *unused_sock_flags __attribute__((unused));
 const enum ct_side *unused_ct_side __attribute__((unused));
 const enum use_reason *unused_use_reason __attribute__((unused));
 
-/* Syscall numbers of the running architecture, set by the loader (these
- * defaults are x86_64's). */
-volatile const __u32 nr_recvfrom = 45;
-volatile const __u32 nr_recvmsg = 47;
-volatile const __u32 nr_recvmmsg = 299;
-volatile const __u32 nr_sendto = 44;
-volatile const __u32 nr_sendmsg = 46;
-volatile const __u32 nr_sendmmsg = 307;
-volatile const __u32 nr_splice = 275;
 
 /* Both ends of every accelerated connection. Sized at load time from
  * --max-conns; pinned so live connections outlive the daemon. */
@@ -780,28 +763,6 @@ int sockaccel_setsockopt(struct bpf_sockopt *ctx)
 	return 1;
 }
 
-/* Reads syscall argument n (0-5) as saved at entry. */
-static __always_inline __u64 syscall_arg(void *regs, int n)
-{
-	__u64 v = 0;
-
-	if (__builtin_preserve_field_info(((struct pt_regs___x86 *)0)->di, 2 /* exists */)) {
-		struct pt_regs___x86 *r = regs;
-
-		switch (n) {
-		case 0: bpf_probe_read_kernel(&v, sizeof(v), &r->di); break;
-		case 2: bpf_probe_read_kernel(&v, sizeof(v), &r->dx); break;
-		case 3: bpf_probe_read_kernel(&v, sizeof(v), &r->r10); break;
-		}
-	} else {
-		struct pt_regs___arm64 *r = regs;
-
-		if (n >= 0 && n < 6)
-			bpf_probe_read_kernel(&v, sizeof(v), &r->regs[n]);
-	}
-	return v;
-}
-
 /* The struct sock behind the calling task's fd, if the fd is a socket
  * in some SOCKHASH or SOCKMAP (its sk_user_data is a psock). Read with
  * bpf_probe_read_kernel under the tracepoint's RCU read lock: a racing
@@ -870,31 +831,64 @@ static __always_inline void mark_use(__u64 fd, __u32 reason)
 	}
 }
 
-/* Sees, before the kernel acts on them, the calls whose semantics the
- * redirect path does not honour, and marks the socket; the connection's
- * next redirected send takes it off the fast path (consume_use_marks).
- * Runs at every syscall entry on the host, so everything else leaves at
- * the first comparisons. io_uring submissions do not pass here. */
-SEC("tp_btf/sys_enter")
-int sockaccel_detect(__u64 *ctx)
-{
-	void *regs = (void *)ctx[0];
-	long id = (long)ctx[1];
-	__u64 flags;
+/* The record a syscalls:sys_enter_* tracepoint hands to BPF. */
+struct syscall_enter {
+	__u64 common;
+	__s32 nr;
+	__u32 _pad;
+	__u64 args[6];
+};
 
-	if (id == nr_splice) {
-		mark_use(syscall_arg(regs, 0), USE_SPLICE);
-		return 0;
-	}
-	if (id == nr_recvfrom || id == nr_recvmmsg || id == nr_sendto || id == nr_sendmmsg)
-		flags = syscall_arg(regs, 3);
-	else if (id == nr_recvmsg || id == nr_sendmsg)
-		flags = syscall_arg(regs, 2);
-	else
-		return 0;
+/* These see, before the kernel acts on them, the calls whose semantics the
+ * redirect path does not honour, and mark the socket; the connection's next
+ * redirected send takes it off the fast path (consume_use_marks). Each is a
+ * syscall tracepoint of its own: unlike a sys_enter hook, other syscalls
+ * never run BPF (they still take the kernel's traced-syscall entry path
+ * while any syscall tracepoint is enabled). io_uring submissions do not pass
+ * here. */
+static __always_inline void check_flags(__u64 fd, __u64 flags, int receiving)
+{
 	if (flags & MSG_OOB)
-		mark_use(syscall_arg(regs, 0), USE_OOB);
-	else if ((flags & MSG_WAITALL) && (id == nr_recvfrom || id == nr_recvmsg || id == nr_recvmmsg))
-		mark_use(syscall_arg(regs, 0), USE_WAITALL);
+		mark_use(fd, USE_OOB);
+	else if (receiving && (flags & MSG_WAITALL))
+		mark_use(fd, USE_WAITALL);
+}
+
+SEC("tracepoint/syscalls/sys_enter_splice")
+int sockaccel_detect_splice(struct syscall_enter *ctx)
+{
+	mark_use(ctx->args[0], USE_SPLICE); /* fd_in */
+	return 0;
+}
+
+/* recvfrom(fd, buf, len, flags, ...) and recvmmsg(fd, vec, vlen, flags, ...) */
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int sockaccel_detect_recv(struct syscall_enter *ctx)
+{
+	check_flags(ctx->args[0], ctx->args[3], 1);
+	return 0;
+}
+
+/* recvmsg(fd, msg, flags) */
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int sockaccel_detect_recvmsg(struct syscall_enter *ctx)
+{
+	check_flags(ctx->args[0], ctx->args[2], 1);
+	return 0;
+}
+
+/* sendto(fd, buf, len, flags, ...) and sendmmsg(fd, vec, vlen, flags) */
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int sockaccel_detect_send(struct syscall_enter *ctx)
+{
+	check_flags(ctx->args[0], ctx->args[3], 0);
+	return 0;
+}
+
+/* sendmsg(fd, msg, flags) */
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int sockaccel_detect_sendmsg(struct syscall_enter *ctx)
+{
+	check_flags(ctx->args[0], ctx->args[2], 0);
 	return 0;
 }
