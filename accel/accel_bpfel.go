@@ -47,6 +47,7 @@ type accelAccelStats struct {
 	OffSplice       uint64
 	OffWaitall      uint64
 	OffOob          uint64
+	SpliceStalled   uint64
 }
 
 type accelCidrKey struct {
@@ -121,6 +122,16 @@ type accelSockState struct {
 	Side  uint32
 }
 
+type accelUseEvent struct {
+	_          structs.HostLayout
+	Pid        uint32
+	Queued     uint32
+	LocalPort  uint16
+	RemotePort uint16
+	Reason     uint32
+	Comm       [16]int8
+}
+
 type accelUseGate struct {
 	_          structs.HostLayout
 	Unconsumed int64
@@ -147,6 +158,7 @@ const (
 const (
 	accelMapSaConfig                = "sa_config"
 	accelMapSaConntrack             = "sa_conntrack"
+	accelMapSaEvents                = "sa_events"
 	accelMapSaExclCidrs             = "sa_excl_cidrs"
 	accelMapSaExclPorts             = "sa_excl_ports"
 	accelMapSaGc                    = "sa_gc"
@@ -167,6 +179,7 @@ const (
 	accelVarUnusedConfigFlags       = "unused_config_flags"
 	accelVarUnusedCtSide            = "unused_ct_side"
 	accelVarUnusedSockFlags         = "unused_sock_flags"
+	accelVarUnusedUseEvent          = "unused_use_event"
 	accelVarUnusedUseReason         = "unused_use_reason"
 )
 
@@ -228,6 +241,7 @@ type accelProgramSpecs struct {
 type accelMapSpecs struct {
 	SaConfig    *ebpf.MapSpec `ebpf:"sa_config"`
 	SaConntrack *ebpf.MapSpec `ebpf:"sa_conntrack"`
+	SaEvents    *ebpf.MapSpec `ebpf:"sa_events"`
 	SaExclCidrs *ebpf.MapSpec `ebpf:"sa_excl_cidrs"`
 	SaExclPorts *ebpf.MapSpec `ebpf:"sa_excl_ports"`
 	SaGc        *ebpf.MapSpec `ebpf:"sa_gc"`
@@ -246,6 +260,7 @@ type accelVariableSpecs struct {
 	UnusedConfigFlags *ebpf.VariableSpec `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.VariableSpec `ebpf:"unused_ct_side"`
 	UnusedSockFlags   *ebpf.VariableSpec `ebpf:"unused_sock_flags"`
+	UnusedUseEvent    *ebpf.VariableSpec `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.VariableSpec `ebpf:"unused_use_reason"`
 }
 
@@ -271,6 +286,7 @@ func (o *accelObjects) Close() error {
 type accelMaps struct {
 	SaConfig    *ebpf.Map `ebpf:"sa_config"`
 	SaConntrack *ebpf.Map `ebpf:"sa_conntrack"`
+	SaEvents    *ebpf.Map `ebpf:"sa_events"`
 	SaExclCidrs *ebpf.Map `ebpf:"sa_excl_cidrs"`
 	SaExclPorts *ebpf.Map `ebpf:"sa_excl_ports"`
 	SaGc        *ebpf.Map `ebpf:"sa_gc"`
@@ -286,6 +302,7 @@ func (m *accelMaps) Close() error {
 	return _AccelClose(
 		m.SaConfig,
 		m.SaConntrack,
+		m.SaEvents,
 		m.SaExclCidrs,
 		m.SaExclPorts,
 		m.SaGc,
@@ -305,6 +322,7 @@ type accelVariables struct {
 	UnusedConfigFlags *ebpf.Variable `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.Variable `ebpf:"unused_ct_side"`
 	UnusedSockFlags   *ebpf.Variable `ebpf:"unused_sock_flags"`
+	UnusedUseEvent    *ebpf.Variable `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.Variable `ebpf:"unused_use_reason"`
 }
 

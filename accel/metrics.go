@@ -58,6 +58,7 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`reason="splice"`, s.OffSplice},
 		sample{`reason="waitall"`, s.OffWaitall},
 		sample{`reason="oob"`, s.OffOOB})
+	metric("sockaccel_splice_stalled_total", "counter", "Sockets an application spliced from while redirected bytes were unread (splice cannot return them: exclude that port or cgroup).", one(s.SpliceStalled))
 	metric("sockaccel_directions_resumed_total", "counter", "Directions back on the fast path after the receiver read every byte that went through TCP.", one(s.Resumed))
 	metric("sockaccel_conntrack_closed_total", "counter", "Conntrack entries removed, by what removed them.",
 		sample{`by="close_callback"`, s.ClosedDirect},

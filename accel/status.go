@@ -70,6 +70,9 @@ type Stats struct {
 	OffSplice  uint64 `json:"off_splice"`
 	OffWaitall uint64 `json:"off_waitall"`
 	OffOOB     uint64 `json:"off_oob"`
+	// Sockets spliced from while redirected bytes were unread: those
+	// connections stall (see the README's compatibility matrix).
+	SpliceStalled uint64 `json:"splice_stalled"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -204,6 +207,7 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.OffSplice += c.OffSplice
 		s.OffWaitall += c.OffWaitall
 		s.OffOOB += c.OffOob
+		s.SpliceStalled += c.SpliceStalled
 	}
 	return s, nil
 }

@@ -59,7 +59,12 @@ struct files_struct {
 struct task_struct {
 	struct files_struct *files;
 } __attribute__((preserve_access_index));
+struct sock_common {
+	__u16 skc_dport; /* network byte order */
+	__u16 skc_num;   /* host byte order */
+} __attribute__((preserve_access_index));
 struct sock {
+	struct sock_common __sk_common;
 	struct sock_cgroup_data sk_cgrp_data;
 	int sk_rcvbuf;
 	int sk_rcvlowat;
@@ -94,6 +99,7 @@ const enum config_flags *unused_config_flags __attribute__((unused));
 const enum sock_flags *unused_sock_flags __attribute__((unused));
 const enum ct_side *unused_ct_side __attribute__((unused));
 const enum use_reason *unused_use_reason __attribute__((unused));
+const struct use_event *unused_use_event __attribute__((unused));
 
 
 /* Both ends of every accelerated connection. Sized at load time from
@@ -195,6 +201,13 @@ struct {
 	__type(value, struct use_gate);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sa_use_gate SEC(".maps");
+
+/* Detector events for the daemon's log (struct use_event). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096 * 4);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_events SEC(".maps");
 
 /* Counters (struct accel_stats), one copy per CPU. */
 struct {
@@ -807,6 +820,34 @@ static __always_inline __u64 psock_of_fd(__u64 fd)
 	return (__u64)(unsigned long)sk;
 }
 
+/* The first splice found redirected bytes unread: those can only come out
+ * through recv, and the application is waiting on splice. Count it and
+ * tell the daemon who, so an operator can exclude the port or cgroup. */
+static __always_inline void report_stalled_splice(__u64 addr)
+{
+	struct sock *sk = (struct sock *)addr;
+	struct accel_stats *st = stats();
+	struct use_event *ev;
+	__u32 queued = psock_queued(addr);
+	__u16 dport = 0;
+
+	if (!queued || !st)
+		return;
+	__sync_fetch_and_add(&st->splice_stalled, 1);
+	ev = bpf_ringbuf_reserve(&sa_events, sizeof(*ev), 0);
+	if (!ev)
+		return;
+	ev->pid = bpf_get_current_pid_tgid() >> 32;
+	ev->queued = queued;
+	ev->local_port = 0;
+	bpf_probe_read_kernel(&ev->local_port, sizeof(ev->local_port), &sk->__sk_common.skc_num);
+	bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
+	ev->remote_port = bpf_ntohs(dport);
+	ev->reason = USE_SPLICE;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	bpf_ringbuf_submit(ev, 0);
+}
+
 static __always_inline void mark_use(__u64 fd, __u32 reason)
 {
 	struct use_gate *gate = use_gate();
@@ -828,6 +869,8 @@ static __always_inline void mark_use(__u64 fd, __u32 reason)
 	if (bpf_map_update_elem(&sa_use_marks, &addr, &fresh, BPF_NOEXIST) == 0) {
 		__sync_fetch_and_add(&gate->marks, 1);
 		__sync_fetch_and_add(&gate->unconsumed, 1);
+		if (reason == USE_SPLICE)
+			report_stalled_splice(addr);
 	}
 }
 

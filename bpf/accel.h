@@ -163,6 +163,20 @@ struct accel_stats {
 	__u64 off_splice;
 	__u64 off_waitall;
 	__u64 off_oob;
+	/* Sockets whose application spliced from them while bytes redirected
+	 * into them were unread: splice cannot return those bytes, so that
+	 * connection stalls unless the application also reads with recv. */
+	__u64 splice_stalled;
+};
+
+/* What the detector tells the daemon about a stalled splice (sa_events). */
+struct use_event {
+	__u32 pid;
+	__u32 queued;      /* redirected bytes unread at the first splice */
+	__u16 local_port;  /* host byte order */
+	__u16 remote_port; /* host byte order */
+	__u32 reason;      /* USE_* */
+	char comm[16];
 };
 
 /* Calls on an accelerated socket whose semantics the redirect path breaks,

@@ -120,6 +120,11 @@ func runDaemon(args []string) error {
 		}
 	}()
 
+	go func() {
+		if err := a.RunEvents(ctx); err != nil {
+			log.Warn("detector events", zap.Error(err))
+		}
+	}()
 	gcDone := make(chan error, 1)
 	go func() { gcDone <- a.RunGC(ctx, *gcInterval) }()
 	select {
