@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION)
 
 PREFIX ?= /usr/local
 
-.PHONY: all generate check-generate build test lint clean bench install
+.PHONY: all generate check-generate build test soak lint clean bench install
 
 all: generate build
 
@@ -37,6 +37,14 @@ lint:
 	$(GO) vet ./...
 
 # Benchmark (root): make bench [QUICK=1|SMOKE=1] [OUT=dir]; see bench/README.md.
+# Soak (root): the compatibility matrix, the real programs, the integrity,
+# ordering, backpressure, churn and cleanup tests, SOAK_COUNT times over
+# (default 20, about 12 minutes here: 35 s a round). Any failure stops it.
+SOAK_COUNT ?= 20
+SOAK_TESTS := TestCompatibilityMatrix|TestNginx|TestRedis|TestHAProxy|TestSplice|TestRedirectIntegrity|TestOrdering|TestIsolation|TestBacklog|TestConntrackChurn|TestCleanupUnderLoad|TestRcvlowat|TestZerocopy
+soak: build
+	$(GO) test -p 1 -count=$(SOAK_COUNT) -failfast -timeout 6h -run '$(SOAK_TESTS)' ./accel/
+
 bench: build
 	QUICK='$(QUICK)' SMOKE='$(SMOKE)' OUT='$(OUT)' SOCKACCEL='$(BIN)' GO='$(GO)' bash bench/run.sh
 

@@ -307,6 +307,8 @@ func TestCompatibilityMatrix(t *testing.T) {
 					t.Errorf("documented difference (%s) no longer happens: both %s; update the README matrix", b.differs, got[0])
 				case b.differs != "":
 					t.Logf("known difference (%s): plain %q, accelerated %q", b.differs, got[0], got[1])
+				default:
+					t.Logf("both: %s", got[1])
 				}
 				if strings.Contains(got[0], "error") {
 					t.Errorf("plain run failed: %s", got[0])
