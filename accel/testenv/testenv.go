@@ -263,3 +263,31 @@ func SockOpsPrograms(t testing.TB, cgroupPath string) int {
 	}
 	return len(res.Programs)
 }
+
+// DetectLinks counts the links on this host whose program is sockaccel's use
+// detector (program names are cut to 15 characters by the kernel).
+func DetectLinks(t testing.TB) int {
+	t.Helper()
+	var n int
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			t.Fatalf("link %d info: %v", it.ID, err)
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			continue // unloaded meanwhile
+		}
+		pi, err := prog.Info()
+		prog.Close()
+		if err == nil && strings.HasPrefix(pi.Name, "sockaccel_detec") {
+			n++
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("iterate links: %v", err)
+	}
+	return n
+}
