@@ -46,6 +46,9 @@ type Config struct {
 	MaxConns     uint32
 	ExcludePorts []uint16
 	ExcludeCIDRs []netip.Prefix
+	// ExcludeCgroups are subtrees (of the target or not) whose sockets are
+	// never accelerated.
+	ExcludeCgroups []cgroup.Target
 	// DisableConntrack turns connection tracking, the close callback and
 	// the GC off (--conntrack=false). The backlog bound lives in the
 	// conntrack entry, so it goes too.
@@ -150,6 +153,9 @@ func (a *Accelerator) start() error {
 		return fmt.Errorf("write config map: %w", err)
 	}
 	if err := a.SetExclusions(a.cfg.ExcludePorts, a.cfg.ExcludeCIDRs); err != nil {
+		return err
+	}
+	if err := a.SetExcludedCgroups(a.cfg.ExcludeCgroups); err != nil {
 		return err
 	}
 	// sk_msg first: a socket inserted by sock_ops takes the SOCKHASH's
@@ -371,6 +377,44 @@ func (a *Accelerator) SetExclusions(ports []uint16, cidrs []netip.Prefix) error 
 		}
 	}
 	return a.updateFlags(set, clear)
+}
+
+// SetExcludedCgroups replaces the excluded cgroup subtrees. New connections
+// see the change at once.
+func (a *Accelerator) SetExcludedCgroups(targets []cgroup.Target) error {
+	want := make(map[uint64]bool, len(targets))
+	for _, t := range targets {
+		id, err := cgroup.Inode(t.Path)
+		if err != nil {
+			return fmt.Errorf("exclude cgroup %s: %w", t.Path, err)
+		}
+		want[id] = true
+		if err := a.objs.SaExclCgroups.Put(id, uint8(1)); err != nil {
+			return fmt.Errorf("exclude cgroup %s: %w", t.Path, err)
+		}
+	}
+	var stale []uint64
+	var id uint64
+	var val uint8
+	it := a.objs.SaExclCgroups.Iterate()
+	for it.Next(&id, &val) {
+		if !want[id] {
+			stale = append(stale, id)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list excluded cgroups: %w", err)
+	}
+	for _, id := range stale {
+		if err := a.objs.SaExclCgroups.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete excluded cgroup %d: %w", id, err)
+		}
+	}
+	flag := uint32(accelConfigFlagsCONFIG_F_EXCL_CGROUPS)
+	if len(targets) > 0 {
+		return a.updateFlags(flag, 0)
+	}
+	return a.updateFlags(0, flag)
 }
 
 // updateFlags sets and clears config flags, keeping the rest. Only the

@@ -48,6 +48,7 @@ type accelAccelStats struct {
 	OffWaitall      uint64
 	OffOob          uint64
 	SpliceStalled   uint64
+	ExcludedCgroup  uint64
 }
 
 type accelCidrKey struct {
@@ -65,6 +66,7 @@ const (
 	accelConfigFlagsCONFIG_F_CONSERVATIVE accelConfigFlags = 8
 	accelConfigFlagsCONFIG_F_EXCL_PORTS   accelConfigFlags = 16
 	accelConfigFlagsCONFIG_F_EXCL_CIDRS   accelConfigFlags = 32
+	accelConfigFlagsCONFIG_F_EXCL_CGROUPS accelConfigFlags = 64
 )
 
 type accelCtEntry struct {
@@ -159,6 +161,7 @@ const (
 	accelMapSaConfig                = "sa_config"
 	accelMapSaConntrack             = "sa_conntrack"
 	accelMapSaEvents                = "sa_events"
+	accelMapSaExclCgroups           = "sa_excl_cgroups"
 	accelMapSaExclCidrs             = "sa_excl_cidrs"
 	accelMapSaExclPorts             = "sa_excl_ports"
 	accelMapSaGc                    = "sa_gc"
@@ -239,18 +242,19 @@ type accelProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelMapSpecs struct {
-	SaConfig    *ebpf.MapSpec `ebpf:"sa_config"`
-	SaConntrack *ebpf.MapSpec `ebpf:"sa_conntrack"`
-	SaEvents    *ebpf.MapSpec `ebpf:"sa_events"`
-	SaExclCidrs *ebpf.MapSpec `ebpf:"sa_excl_cidrs"`
-	SaExclPorts *ebpf.MapSpec `ebpf:"sa_excl_ports"`
-	SaGc        *ebpf.MapSpec `ebpf:"sa_gc"`
-	SaGcWake    *ebpf.MapSpec `ebpf:"sa_gc_wake"`
-	SaSockState *ebpf.MapSpec `ebpf:"sa_sock_state"`
-	SaSockhash  *ebpf.MapSpec `ebpf:"sa_sockhash"`
-	SaStats     *ebpf.MapSpec `ebpf:"sa_stats"`
-	SaUseGate   *ebpf.MapSpec `ebpf:"sa_use_gate"`
-	SaUseMarks  *ebpf.MapSpec `ebpf:"sa_use_marks"`
+	SaConfig      *ebpf.MapSpec `ebpf:"sa_config"`
+	SaConntrack   *ebpf.MapSpec `ebpf:"sa_conntrack"`
+	SaEvents      *ebpf.MapSpec `ebpf:"sa_events"`
+	SaExclCgroups *ebpf.MapSpec `ebpf:"sa_excl_cgroups"`
+	SaExclCidrs   *ebpf.MapSpec `ebpf:"sa_excl_cidrs"`
+	SaExclPorts   *ebpf.MapSpec `ebpf:"sa_excl_ports"`
+	SaGc          *ebpf.MapSpec `ebpf:"sa_gc"`
+	SaGcWake      *ebpf.MapSpec `ebpf:"sa_gc_wake"`
+	SaSockState   *ebpf.MapSpec `ebpf:"sa_sock_state"`
+	SaSockhash    *ebpf.MapSpec `ebpf:"sa_sockhash"`
+	SaStats       *ebpf.MapSpec `ebpf:"sa_stats"`
+	SaUseGate     *ebpf.MapSpec `ebpf:"sa_use_gate"`
+	SaUseMarks    *ebpf.MapSpec `ebpf:"sa_use_marks"`
 }
 
 // accelVariableSpecs contains global variables before they are loaded into the kernel.
@@ -284,18 +288,19 @@ func (o *accelObjects) Close() error {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelMaps struct {
-	SaConfig    *ebpf.Map `ebpf:"sa_config"`
-	SaConntrack *ebpf.Map `ebpf:"sa_conntrack"`
-	SaEvents    *ebpf.Map `ebpf:"sa_events"`
-	SaExclCidrs *ebpf.Map `ebpf:"sa_excl_cidrs"`
-	SaExclPorts *ebpf.Map `ebpf:"sa_excl_ports"`
-	SaGc        *ebpf.Map `ebpf:"sa_gc"`
-	SaGcWake    *ebpf.Map `ebpf:"sa_gc_wake"`
-	SaSockState *ebpf.Map `ebpf:"sa_sock_state"`
-	SaSockhash  *ebpf.Map `ebpf:"sa_sockhash"`
-	SaStats     *ebpf.Map `ebpf:"sa_stats"`
-	SaUseGate   *ebpf.Map `ebpf:"sa_use_gate"`
-	SaUseMarks  *ebpf.Map `ebpf:"sa_use_marks"`
+	SaConfig      *ebpf.Map `ebpf:"sa_config"`
+	SaConntrack   *ebpf.Map `ebpf:"sa_conntrack"`
+	SaEvents      *ebpf.Map `ebpf:"sa_events"`
+	SaExclCgroups *ebpf.Map `ebpf:"sa_excl_cgroups"`
+	SaExclCidrs   *ebpf.Map `ebpf:"sa_excl_cidrs"`
+	SaExclPorts   *ebpf.Map `ebpf:"sa_excl_ports"`
+	SaGc          *ebpf.Map `ebpf:"sa_gc"`
+	SaGcWake      *ebpf.Map `ebpf:"sa_gc_wake"`
+	SaSockState   *ebpf.Map `ebpf:"sa_sock_state"`
+	SaSockhash    *ebpf.Map `ebpf:"sa_sockhash"`
+	SaStats       *ebpf.Map `ebpf:"sa_stats"`
+	SaUseGate     *ebpf.Map `ebpf:"sa_use_gate"`
+	SaUseMarks    *ebpf.Map `ebpf:"sa_use_marks"`
 }
 
 func (m *accelMaps) Close() error {
@@ -303,6 +308,7 @@ func (m *accelMaps) Close() error {
 		m.SaConfig,
 		m.SaConntrack,
 		m.SaEvents,
+		m.SaExclCgroups,
 		m.SaExclCidrs,
 		m.SaExclPorts,
 		m.SaGc,

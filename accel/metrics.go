@@ -46,6 +46,7 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`reason="map_full"`, s.MapFull},
 		sample{`reason="excluded_port"`, s.ExcludedPort},
 		sample{`reason="excluded_cidr"`, s.ExcludedCIDR},
+		sample{`reason="excluded_cgroup"`, s.ExcludedCgroup},
 		sample{`reason="early_data"`, s.EarlyData},
 		sample{`reason="insert_error"`, s.InsertErrors},
 		sample{`reason="storage_error"`, s.StorageErrors},

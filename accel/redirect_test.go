@@ -265,6 +265,46 @@ func TestScope(t *testing.T) {
 			t.Errorf("port no longer excluded but not redirected")
 		}
 	})
+	t.Run("excluded cgroup subtree", func(t *testing.T) {
+		if err := n.acc.SetExclusions(nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		excluded := testenv.ChildCgroup(t, n.cg, "excluded")
+		deeper := testenv.ChildCgroup(t, excluded, "deeper")
+		kept := testenv.ChildCgroup(t, n.cg, "kept")
+		if err := n.acc.SetExcludedCgroups([]cgroup.Target{excluded}); err != nil {
+			t.Fatal(err)
+		}
+		in := func(ns *testenv.Netns, cg cgroup.Target) testenv.Endpoint {
+			return testenv.Endpoint{Netns: ns, Cgroup: &cg}
+		}
+		// Server two levels below the excluded cgroup, client in a
+		// sibling: only the server ends are excluded, and without them
+		// nothing is redirected.
+		before := n.stats(t)
+		ln := in(tc.server, deeper).Listen(t, "tcp4", "10.214.0.2:7007")
+		pairs := testenv.Connect(t, in(tc.client, kept), ln, "tcp4", "10.214.0.2:7007", 3)
+		testenv.ExchangeAll(t, pairs, mib, mib, 9)
+		s := n.stats(t)
+		if got := s.ExcludedCgroup - before.ExcludedCgroup; got != 3 {
+			t.Errorf("excluded_cgroup rose by %d, want 3 (the server ends)", got)
+		}
+		if s.RedirectedMsgs != before.RedirectedMsgs {
+			t.Errorf("connections into an excluded cgroup were redirected")
+		}
+		// Both ends in kept: accelerated.
+		before = n.stats(t)
+		ln = in(tc.server, kept).Listen(t, "tcp4", "10.214.0.2:7008")
+		pairs = testenv.Connect(t, in(tc.client, kept), ln, "tcp4", "10.214.0.2:7008", 2)
+		testenv.ExchangeAll(t, pairs, mib, mib, 10)
+		if s := n.stats(t); s.RedirectedBytes-before.RedirectedBytes < 4*mib || s.ExcludedCgroup != before.ExcludedCgroup {
+			t.Errorf("connections in a sibling of the excluded cgroup: redirected %d bytes, excluded_cgroup +%d",
+				s.RedirectedBytes-before.RedirectedBytes, s.ExcludedCgroup-before.ExcludedCgroup)
+		}
+		if err := n.acc.SetExcludedCgroups(nil); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("excluded cidr", func(t *testing.T) {
 		if err := n.acc.SetExclusions(nil, []netip.Prefix{netip.MustParsePrefix("10.214.0.0/24")}); err != nil {
 			t.Fatal(err)

@@ -45,6 +45,7 @@ type Stats struct {
 	InsertErrors    uint64 `json:"insert_errors"`
 	ExcludedPort    uint64 `json:"excluded_port"`
 	ExcludedCIDR    uint64 `json:"excluded_cidr"`
+	ExcludedCgroup  uint64 `json:"excluded_cgroup"`
 	EarlyData       uint64 `json:"early_data"`
 	StorageErrors   uint64 `json:"storage_errors"`
 	Disabled        uint64 `json:"disabled"`
@@ -208,6 +209,7 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.OffWaitall += c.OffWaitall
 		s.OffOOB += c.OffOob
 		s.SpliceStalled += c.SpliceStalled
+		s.ExcludedCgroup += c.ExcludedCgroup
 	}
 	return s, nil
 }

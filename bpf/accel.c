@@ -30,7 +30,11 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 struct kernfs_node {
 	__u64 id;
 } __attribute__((preserve_access_index));
+struct cgroup_subsys_state {
+	struct cgroup_subsys_state *parent;
+} __attribute__((preserve_access_index));
 struct cgroup {
+	struct cgroup_subsys_state self; /* first member: a css pointer to it is the cgroup */
 	struct kernfs_node *kn;
 } __attribute__((preserve_access_index));
 struct sock_cgroup_data {
@@ -138,6 +142,15 @@ struct {
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sa_excl_ports SEC(".maps");
+
+/* cgroup v2 ids whose subtrees are never accelerated (--exclude-cgroups). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_excl_cgroups SEC(".maps");
 
 /* Networks whose connections are never accelerated, IPv4-mapped. */
 struct {
@@ -259,6 +272,34 @@ static __always_inline int addr_excluded(const __u32 addr[4])
 
 	__builtin_memcpy(k.addr, addr, sizeof(k.addr));
 	return bpf_map_lookup_elem(&sa_excl_cidrs, &k) != NULL;
+}
+
+/* cgroup hierarchies this deep are not walked past (the kernel allows
+ * more, nobody nests that far). */
+#define MAX_CGROUP_DEPTH 32
+
+/* Whether the socket's cgroup or one of its ancestors is excluded. */
+static __always_inline int cgroup_excluded(struct sock *ks)
+{
+	struct cgroup *cg = NULL;
+	struct kernfs_node *kn;
+	__u64 id;
+	int i;
+
+	if (!ks || bpf_probe_read_kernel(&cg, sizeof(cg), &ks->sk_cgrp_data.cgroup))
+		return 0;
+	for (i = 0; i < MAX_CGROUP_DEPTH && cg; i++) {
+		kn = NULL;
+		id = 0;
+		if (bpf_probe_read_kernel(&kn, sizeof(kn), &cg->kn) || !kn ||
+		    bpf_probe_read_kernel(&id, sizeof(id), &kn->id))
+			return 0;
+		if (bpf_map_lookup_elem(&sa_excl_cgroups, &id))
+			return 1;
+		if (bpf_probe_read_kernel(&cg, sizeof(cg), &cg->self.parent))
+			return 0;
+	}
+	return 0;
 }
 
 static __always_inline struct sock *kernel_sock(struct bpf_sock *sk)
@@ -468,6 +509,12 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	}
 	if ((flags & CONFIG_F_EXCL_CIDRS) && (addr_excluded(key.local_ip) || addr_excluded(key.remote_ip))) {
 		__sync_fetch_and_add(&st->excluded_cidr, 1);
+		return;
+	}
+	/* Per socket: an end in an excluded subtree stays out of the map, so
+	 * its peer finds nothing to redirect to either. */
+	if ((flags & CONFIG_F_EXCL_CGROUPS) && skops->sk && cgroup_excluded(kernel_sock(skops->sk))) {
+		__sync_fetch_and_add(&st->excluded_cgroup, 1);
 		return;
 	}
 

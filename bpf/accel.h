@@ -114,6 +114,7 @@ enum config_flags {
 	 * per-connection lookups are skipped. */
 	CONFIG_F_EXCL_PORTS = 1 << 4,
 	CONFIG_F_EXCL_CIDRS = 1 << 5,
+	CONFIG_F_EXCL_CGROUPS = 1 << 6,
 };
 
 /* Key of the excluded-CIDR LPM trie: prefix length over the IPv4-mapped
@@ -167,6 +168,7 @@ struct accel_stats {
 	 * into them were unread: splice cannot return those bytes, so that
 	 * connection stalls unless the application also reads with recv. */
 	__u64 splice_stalled;
+	__u64 excluded_cgroup;  /* not accelerated: in an excluded cgroup subtree */
 };
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */

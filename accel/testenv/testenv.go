@@ -77,6 +77,25 @@ func TempCgroup(t testing.TB) cgroup.Target {
 	return target
 }
 
+// ChildCgroup creates parent/name, removed at cleanup.
+func ChildCgroup(t testing.TB, parent cgroup.Target, name string) cgroup.Target {
+	t.Helper()
+	path := filepath.Join(parent.Path, name)
+	if err := os.Mkdir(path, 0o755); err != nil {
+		t.Fatalf("create cgroup %s: %v", path, err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(path); err != nil {
+			t.Errorf("remove cgroup %s: %v", path, err)
+		}
+	})
+	target, err := cgroup.ResolveIn(parent.Root, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return target
+}
+
 // TempPinDir returns a fresh directory on bpffs; everything pinned in it is
 // cleaned up (detached and unpinned) at the end of the test.
 func TempPinDir(t testing.TB) string {

@@ -87,6 +87,7 @@ func TestBadInput(t *testing.T) {
 		{"invalid cidr", []string{"--cgroup", cg.Path, "--exclude-cidrs", "10.0.0.0/33"}, "invalid CIDR"},
 		{"invalid cidr text", []string{"--cgroup", cg.Path, "--exclude-cidrs", "10.0.0.0/8,banana"}, "invalid CIDR"},
 		{"invalid port", []string{"--cgroup", cg.Path, "--exclude-ports", "22,70000"}, "invalid port"},
+		{"missing excluded cgroup", []string{"--cgroup", cg.Path, "--exclude-cgroups", "no-such-cgroup-here"}, "--exclude-cgroups no-such-cgroup-here"},
 		{"pin dir not on bpffs", []string{"--cgroup", cg.Path, "--pin-dir", notBPFFS}, "not on a bpf filesystem"},
 		{"bad flag", []string{"--cgroup", cg.Path, "--frobnicate"}, "flag provided but not defined"},
 		{"bad max conns", []string{"--cgroup", cg.Path, "--max-conns", "0"}, "invalid --max-conns"},

@@ -9,6 +9,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/sockaccel/sockaccel/cgroup"
 )
 
 // newFlagSet returns a flag set that reports errors through our one-line
@@ -94,4 +96,18 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// parseCgroups resolves a comma-separated list of cgroup v2 paths (absolute,
+// or relative to the v2 root); each must exist.
+func parseCgroups(s string) ([]cgroup.Target, error) {
+	var out []cgroup.Target
+	for _, f := range splitList(s) {
+		t, err := cgroup.Resolve(f)
+		if err != nil {
+			return nil, fmt.Errorf("--exclude-cgroups %s: %w", f, err)
+		}
+		out = append(out, t)
+	}
+	return out, nil
 }

@@ -21,6 +21,7 @@ func runDaemon(args []string) error {
 	maxConns := fs.Uint("max-conns", accel.DefaultMaxConns, "connections the sockhash holds (two sockets each); beyond it connections are not accelerated")
 	excludePorts := fs.String("exclude-ports", "", "comma-separated ports never accelerated (either end)")
 	excludeCIDRs := fs.String("exclude-cidrs", "", "comma-separated networks never accelerated (either end)")
+	excludeCgroups := fs.String("exclude-cgroups", "", "comma-separated cgroup v2 paths whose subtrees are never accelerated (either end)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "", "console, json or journal (default: journal under systemd, else console)")
 	conntrack := fs.Bool("conntrack", true, "track connections (conns, close callback, fallback GC); false turns the whole feature off")
@@ -63,6 +64,10 @@ func runDaemon(args []string) error {
 	if err != nil {
 		return err
 	}
+	excludedCgroups, err := parseCgroups(*excludeCgroups)
+	if err != nil {
+		return err
+	}
 	// Catch signals before attaching, so a stop request during start-up
 	// still runs the orderly shutdown below.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -91,6 +96,7 @@ func runDaemon(args []string) error {
 		DisableConntrack: !*conntrack,
 		BacklogBytes:     uint32(*backlogBytes),
 		Conservative:     *conservative,
+		ExcludeCgroups:   excludedCgroups,
 		DisableDetect:    !*detect,
 	}, log.Named("accel"))
 	if err != nil {
@@ -103,6 +109,7 @@ func runDaemon(args []string) error {
 		zap.Uint("max_conns", *maxConns),
 		zap.Uint16s("exclude_ports", ports),
 		zap.Stringers("exclude_cidrs", cidrs),
+		zap.String("exclude_cgroups", *excludeCgroups),
 		zap.Bool("conntrack", *conntrack),
 		zap.Bool("conservative", *conservative),
 		zap.Bool("detect", *detect),
