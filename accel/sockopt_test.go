@@ -108,3 +108,31 @@ func TestLargeSetsockoptPassesThrough(t *testing.T) {
 		}
 	})
 }
+
+// A socket that asks for a ULP (kTLS: setsockopt(TCP_ULP, "tls")) leaves the
+// fast path in both directions before its next byte: records kTLS would
+// frame must go through TCP. This kernel has no CONFIG_TLS, so the kernel
+// refuses the option (ENOENT) after the hook has seen it; the connection is
+// kept off the fast path either way, which costs only its acceleration.
+func TestULPTakesConnectionOffFastPath(t *testing.T) {
+	n := newNode(t, nil)
+	ns := testenv.NewNetns(t)
+	ep := n.in(ns)
+	ln := ep.Listen(t, "tcp4", "127.0.0.1:0")
+	p := testenv.Connect(t, ep, ln, "tcp4", ln.Addr().String(), 1)[0]
+	defer p.Client.Close()
+	defer p.Server.Close()
+	before := n.stats(t)
+	rawFD(t, p.Client, func(fd int) {
+		err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_ULP, "tls")
+		t.Logf("setsockopt(TCP_ULP, tls): %v", err)
+	})
+	if err := testenv.Exchange(p.Client, p.Server, 1<<20, 1<<20, 11, testenv.Concurrent); err != nil {
+		t.Fatal(err)
+	}
+	s := n.stats(t)
+	if s.OffSetsockopt-before.OffSetsockopt != 1 || s.RedirectedMsgs != before.RedirectedMsgs {
+		t.Errorf("off_setsockopt +%d, redirected +%d: want the connection off the fast path both ways",
+			s.OffSetsockopt-before.OffSetsockopt, s.RedirectedMsgs-before.RedirectedMsgs)
+	}
+}
