@@ -177,13 +177,14 @@ func (a *Accelerator) start() error {
 // to its program.
 func (a *Accelerator) detectTracepoints() map[string]*ebpf.Program {
 	return map[string]*ebpf.Program{
-		"sys_enter_splice":   a.objs.SockaccelDetectSplice,
-		"sys_enter_recvfrom": a.objs.SockaccelDetectRecv,
-		"sys_enter_recvmmsg": a.objs.SockaccelDetectRecv,
-		"sys_enter_recvmsg":  a.objs.SockaccelDetectRecvmsg,
-		"sys_enter_sendto":   a.objs.SockaccelDetectSend,
-		"sys_enter_sendmmsg": a.objs.SockaccelDetectSend,
-		"sys_enter_sendmsg":  a.objs.SockaccelDetectSendmsg,
+		"sys_enter_splice":     a.objs.SockaccelDetectSplice,
+		"sys_enter_sendfile64": a.objs.SockaccelDetectSendfile,
+		"sys_enter_recvfrom":   a.objs.SockaccelDetectRecv,
+		"sys_enter_recvmmsg":   a.objs.SockaccelDetectRecv,
+		"sys_enter_recvmsg":    a.objs.SockaccelDetectRecvmsg,
+		"sys_enter_sendto":     a.objs.SockaccelDetectSend,
+		"sys_enter_sendmmsg":   a.objs.SockaccelDetectSend,
+		"sys_enter_sendmsg":    a.objs.SockaccelDetectSendmsg,
 	}
 }
 
@@ -224,7 +225,7 @@ func (a *Accelerator) attachDetect() error {
 	if a.cfg.DisableDetect {
 		a.log.Info("use detection off: splice, MSG_WAITALL and MSG_OOB are not watched")
 	} else {
-		a.log.Info("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"))
+		a.log.Info("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"))
 	}
 	return nil
 }

@@ -158,32 +158,33 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	accelMapSaConfig                = "sa_config"
-	accelMapSaConntrack             = "sa_conntrack"
-	accelMapSaEvents                = "sa_events"
-	accelMapSaExclCgroups           = "sa_excl_cgroups"
-	accelMapSaExclCidrs             = "sa_excl_cidrs"
-	accelMapSaExclPorts             = "sa_excl_ports"
-	accelMapSaGc                    = "sa_gc"
-	accelMapSaGcWake                = "sa_gc_wake"
-	accelMapSaSockState             = "sa_sock_state"
-	accelMapSaSockhash              = "sa_sockhash"
-	accelMapSaStats                 = "sa_stats"
-	accelMapSaUseGate               = "sa_use_gate"
-	accelMapSaUseMarks              = "sa_use_marks"
-	accelProgSockaccelDetectRecv    = "sockaccel_detect_recv"
-	accelProgSockaccelDetectRecvmsg = "sockaccel_detect_recvmsg"
-	accelProgSockaccelDetectSend    = "sockaccel_detect_send"
-	accelProgSockaccelDetectSendmsg = "sockaccel_detect_sendmsg"
-	accelProgSockaccelDetectSplice  = "sockaccel_detect_splice"
-	accelProgSockaccelRedirect      = "sockaccel_redirect"
-	accelProgSockaccelSetsockopt    = "sockaccel_setsockopt"
-	accelProgSockaccelSockops       = "sockaccel_sockops"
-	accelVarUnusedConfigFlags       = "unused_config_flags"
-	accelVarUnusedCtSide            = "unused_ct_side"
-	accelVarUnusedSockFlags         = "unused_sock_flags"
-	accelVarUnusedUseEvent          = "unused_use_event"
-	accelVarUnusedUseReason         = "unused_use_reason"
+	accelMapSaConfig                 = "sa_config"
+	accelMapSaConntrack              = "sa_conntrack"
+	accelMapSaEvents                 = "sa_events"
+	accelMapSaExclCgroups            = "sa_excl_cgroups"
+	accelMapSaExclCidrs              = "sa_excl_cidrs"
+	accelMapSaExclPorts              = "sa_excl_ports"
+	accelMapSaGc                     = "sa_gc"
+	accelMapSaGcWake                 = "sa_gc_wake"
+	accelMapSaSockState              = "sa_sock_state"
+	accelMapSaSockhash               = "sa_sockhash"
+	accelMapSaStats                  = "sa_stats"
+	accelMapSaUseGate                = "sa_use_gate"
+	accelMapSaUseMarks               = "sa_use_marks"
+	accelProgSockaccelDetectRecv     = "sockaccel_detect_recv"
+	accelProgSockaccelDetectRecvmsg  = "sockaccel_detect_recvmsg"
+	accelProgSockaccelDetectSend     = "sockaccel_detect_send"
+	accelProgSockaccelDetectSendfile = "sockaccel_detect_sendfile"
+	accelProgSockaccelDetectSendmsg  = "sockaccel_detect_sendmsg"
+	accelProgSockaccelDetectSplice   = "sockaccel_detect_splice"
+	accelProgSockaccelRedirect       = "sockaccel_redirect"
+	accelProgSockaccelSetsockopt     = "sockaccel_setsockopt"
+	accelProgSockaccelSockops        = "sockaccel_sockops"
+	accelVarUnusedConfigFlags        = "unused_config_flags"
+	accelVarUnusedCtSide             = "unused_ct_side"
+	accelVarUnusedSockFlags          = "unused_sock_flags"
+	accelVarUnusedUseEvent           = "unused_use_event"
+	accelVarUnusedUseReason          = "unused_use_reason"
 )
 
 // loadAccel returns the embedded CollectionSpec for accel.
@@ -228,14 +229,15 @@ type accelSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelProgramSpecs struct {
-	SockaccelDetectRecv    *ebpf.ProgramSpec `ebpf:"sockaccel_detect_recv"`
-	SockaccelDetectRecvmsg *ebpf.ProgramSpec `ebpf:"sockaccel_detect_recvmsg"`
-	SockaccelDetectSend    *ebpf.ProgramSpec `ebpf:"sockaccel_detect_send"`
-	SockaccelDetectSendmsg *ebpf.ProgramSpec `ebpf:"sockaccel_detect_sendmsg"`
-	SockaccelDetectSplice  *ebpf.ProgramSpec `ebpf:"sockaccel_detect_splice"`
-	SockaccelRedirect      *ebpf.ProgramSpec `ebpf:"sockaccel_redirect"`
-	SockaccelSetsockopt    *ebpf.ProgramSpec `ebpf:"sockaccel_setsockopt"`
-	SockaccelSockops       *ebpf.ProgramSpec `ebpf:"sockaccel_sockops"`
+	SockaccelDetectRecv     *ebpf.ProgramSpec `ebpf:"sockaccel_detect_recv"`
+	SockaccelDetectRecvmsg  *ebpf.ProgramSpec `ebpf:"sockaccel_detect_recvmsg"`
+	SockaccelDetectSend     *ebpf.ProgramSpec `ebpf:"sockaccel_detect_send"`
+	SockaccelDetectSendfile *ebpf.ProgramSpec `ebpf:"sockaccel_detect_sendfile"`
+	SockaccelDetectSendmsg  *ebpf.ProgramSpec `ebpf:"sockaccel_detect_sendmsg"`
+	SockaccelDetectSplice   *ebpf.ProgramSpec `ebpf:"sockaccel_detect_splice"`
+	SockaccelRedirect       *ebpf.ProgramSpec `ebpf:"sockaccel_redirect"`
+	SockaccelSetsockopt     *ebpf.ProgramSpec `ebpf:"sockaccel_setsockopt"`
+	SockaccelSockops        *ebpf.ProgramSpec `ebpf:"sockaccel_sockops"`
 }
 
 // accelMapSpecs contains maps before they are loaded into the kernel.
@@ -336,14 +338,15 @@ type accelVariables struct {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelPrograms struct {
-	SockaccelDetectRecv    *ebpf.Program `ebpf:"sockaccel_detect_recv"`
-	SockaccelDetectRecvmsg *ebpf.Program `ebpf:"sockaccel_detect_recvmsg"`
-	SockaccelDetectSend    *ebpf.Program `ebpf:"sockaccel_detect_send"`
-	SockaccelDetectSendmsg *ebpf.Program `ebpf:"sockaccel_detect_sendmsg"`
-	SockaccelDetectSplice  *ebpf.Program `ebpf:"sockaccel_detect_splice"`
-	SockaccelRedirect      *ebpf.Program `ebpf:"sockaccel_redirect"`
-	SockaccelSetsockopt    *ebpf.Program `ebpf:"sockaccel_setsockopt"`
-	SockaccelSockops       *ebpf.Program `ebpf:"sockaccel_sockops"`
+	SockaccelDetectRecv     *ebpf.Program `ebpf:"sockaccel_detect_recv"`
+	SockaccelDetectRecvmsg  *ebpf.Program `ebpf:"sockaccel_detect_recvmsg"`
+	SockaccelDetectSend     *ebpf.Program `ebpf:"sockaccel_detect_send"`
+	SockaccelDetectSendfile *ebpf.Program `ebpf:"sockaccel_detect_sendfile"`
+	SockaccelDetectSendmsg  *ebpf.Program `ebpf:"sockaccel_detect_sendmsg"`
+	SockaccelDetectSplice   *ebpf.Program `ebpf:"sockaccel_detect_splice"`
+	SockaccelRedirect       *ebpf.Program `ebpf:"sockaccel_redirect"`
+	SockaccelSetsockopt     *ebpf.Program `ebpf:"sockaccel_setsockopt"`
+	SockaccelSockops        *ebpf.Program `ebpf:"sockaccel_sockops"`
 }
 
 func (p *accelPrograms) Close() error {
@@ -351,6 +354,7 @@ func (p *accelPrograms) Close() error {
 		p.SockaccelDetectRecv,
 		p.SockaccelDetectRecvmsg,
 		p.SockaccelDetectSend,
+		p.SockaccelDetectSendfile,
 		p.SockaccelDetectSendmsg,
 		p.SockaccelDetectSplice,
 		p.SockaccelRedirect,

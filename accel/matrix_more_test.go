@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +35,24 @@ func init() {
 			down := sendfileTo(t, p.Server, p.Client, 2<<20, 2)
 			return "up " + up + "; down " + down
 		}},
+		behaviour{name: "sendfile from the socket, first used before anything was queued", off: "splice", run: func(t *testing.T, p testenv.Pair) string {
+			out := newPipe(t)
+			got := []string{sendfileFrom(t, p.Server, out)}
+			for range 2 {
+				p.Client.Write(make([]byte, 4096))
+				waitReadable(t, p.Server)
+				got = append(got, sendfileFrom(t, p.Server, out))
+				drainPipe(out)
+			}
+			return strings.Join(got, "; ")
+		}},
+		behaviour{name: "sendfile from the socket with bytes already queued",
+			differs: "sendfile from a socket reads through splice_read: bytes redirected before it never come out of it",
+			run: func(t *testing.T, p testenv.Pair) string {
+				p.Client.Write(make([]byte, 4096))
+				waitReadable(t, p.Server)
+				return sendfileFrom(t, p.Server, newPipe(t))
+			}},
 		behaviour{name: "fd passed over SCM_RIGHTS", run: func(t *testing.T, p testenv.Pair) string {
 			f := passFD(t, p.Server)
 			defer f.Close()
@@ -177,6 +196,15 @@ func sendfileTo(t *testing.T, from, to *net.TCPConn, size int, seed byte) string
 		unix.SetNonblock(fd, true)
 	})
 	return fmt.Sprintf("sent %d, read %s", sent, <-res)
+}
+
+// sendfileFrom calls one sendfile(2) from the (non-blocking) socket into a
+// pipe (the kernel refuses a socket as input for a regular-file output).
+func sendfileFrom(t *testing.T, c *net.TCPConn, out pipe) string {
+	var n int
+	var err error
+	rawFD(t, c, func(fd int) { n, err = unix.Sendfile(out[1], fd, nil, 65536) })
+	return fmt.Sprintf("sendfile %d %s", n, errName(err))
 }
 
 // passFD sends c's descriptor over a unix socket pair with SCM_RIGHTS and

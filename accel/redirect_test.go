@@ -368,7 +368,7 @@ func TestRestartAdoptsPins(t *testing.T) {
 	ln := testenv.Endpoint{Netns: ns, Cgroup: &cg}.Listen(t, "tcp4", "127.0.0.1:7008")
 	pairs := testenv.Connect(t, testenv.Endpoint{Netns: ns, Cgroup: &cg}, ln, "tcp4", "127.0.0.1:7008", 2)
 	first.Close()
-	const detectTracepoints = 7
+	const detectTracepoints = 8
 	if got := testenv.DetectLinks(t); got != detectTracepoints {
 		t.Errorf("%d use-detector links after the first start, want %d", got, detectTracepoints)
 	}

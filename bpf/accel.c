@@ -951,6 +951,15 @@ int sockaccel_detect_splice(struct syscall_enter *ctx)
 	return 0;
 }
 
+/* sendfile(out_fd, in_fd, ...) with a socket as in_fd reads it through
+ * splice_read, like splice. */
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int sockaccel_detect_sendfile(struct syscall_enter *ctx)
+{
+	mark_use(ctx->args[1], USE_SPLICE); /* in_fd */
+	return 0;
+}
+
 /* recvfrom(fd, buf, len, flags, ...) and recvmmsg(fd, vec, vlen, flags, ...) */
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int sockaccel_detect_recv(struct syscall_enter *ctx)
