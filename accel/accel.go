@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,6 +65,9 @@ type Config struct {
 	// MSG_WAITALL and MSG_OOB on accelerated sockets (--detect=false),
 	// which otherwise takes those connections off the fast path.
 	DisableDetect bool
+	// DisableSpliceLearning stops RunEvents from excluding the service
+	// port of a connection whose splice stalled (--learn-splice=false).
+	DisableSpliceLearning bool
 }
 
 // Accelerator holds the loaded objects of a running daemon. Closing it
@@ -77,6 +81,11 @@ type Accelerator struct {
 	adopted bool
 	gcOnce  sync.Once
 	gcState *gc
+
+	exclMu       sync.Mutex
+	exclPorts    []uint16 // as last set, without the learned ones
+	exclCIDRs    []netip.Prefix
+	learnedPorts map[uint16]bool // service ports of stalled splices
 }
 
 // New probes the kernel, loads the programs (reusing compatible pinned maps),
@@ -356,9 +365,17 @@ func (a *Accelerator) gc() *gc {
 // Adopted reports whether New took over pins left by an earlier run.
 func (a *Accelerator) Adopted() bool { return a.adopted }
 
-// SetExclusions replaces the excluded ports and CIDRs. New connections see the
-// change at once; programs are not reloaded.
+// SetExclusions replaces the excluded ports and CIDRs; ports learned from
+// stalled splices stay excluded too. New connections see the change at
+// once; programs are not reloaded.
 func (a *Accelerator) SetExclusions(ports []uint16, cidrs []netip.Prefix) error {
+	a.exclMu.Lock()
+	defer a.exclMu.Unlock()
+	a.exclPorts, a.exclCIDRs = ports, cidrs
+	ports = slices.Clone(ports)
+	for p := range a.learnedPorts {
+		ports = append(ports, p)
+	}
 	if err := replacePorts(a.objs.SaExclPorts, ports); err != nil {
 		return fmt.Errorf("update excluded ports: %w", err)
 	}

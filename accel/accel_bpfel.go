@@ -126,6 +126,7 @@ type accelSockState struct {
 
 type accelUseEvent struct {
 	_          structs.HostLayout
+	Cookie     uint64
 	Pid        uint32
 	Queued     uint32
 	LocalPort  uint16

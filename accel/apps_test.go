@@ -266,6 +266,48 @@ func TestHAProxySpliceStallIsReported(t *testing.T) {
 	}
 }
 
+// With the daemon's event handling running, the first stalled splice makes
+// it exclude the backend's port: that one fetch stalls (or, rarely, was
+// fast enough to succeed), every later one is intact.
+func TestHAProxySpliceLearnsExclusion(t *testing.T) {
+	h := newAppHost(t, 245, nil, "haproxy", "nginx", "curl")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.n.acc.RunEvents(ctx) }()
+	defer func() { cancel(); <-done }()
+	bigSum, addr := h.startHAProxy(t, "2s")
+	fetch := func() ([]byte, error) {
+		return h.client.Exec(t, appTimeout, nil, "curl", "--silent", "--show-error", "--fail", "http://"+addr+"/big")
+	}
+	first, err := fetch()
+	if err == nil && sha(first) != bigSum {
+		t.Fatalf("first fetch succeeded with %d bytes that differ from the file", len(first))
+	}
+	t.Logf("first fetch: %v", err)
+	waitFor(t, "port 8080 excluded", func() (bool, string) {
+		s := h.n.stats(t)
+		return err == nil || s.SpliceStalled > 0, fmt.Sprintf("splice_stalled %d", s.SpliceStalled)
+	})
+	time.Sleep(200 * time.Millisecond) // the daemon handles the event
+	before := h.n.stats(t)
+	for i := range 3 {
+		body, err := fetch()
+		if err != nil {
+			t.Fatalf("fetch %d after the stall: %v", i+1, err)
+		}
+		if got := sha(body); got != bigSum {
+			t.Fatalf("fetch %d: %d bytes, sha256 %s; want %s", i+1, len(body), got, bigSum)
+		}
+	}
+	after := h.n.stats(t)
+	if after.SpliceStalled != before.SpliceStalled {
+		t.Errorf("splice stalled %d more times after learning", after.SpliceStalled-before.SpliceStalled)
+	}
+	if err != nil && after.ExcludedPort == before.ExcludedPort {
+		t.Error("no connection was excluded after the stall")
+	}
+}
+
 // startHAProxy serves a 16 MiB file from nginx on 127.0.0.1:8080 through
 // haproxy with splicing on, and returns the file's SHA-256 and haproxy's
 // address.

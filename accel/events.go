@@ -16,6 +16,7 @@ import (
 // StalledSplice is an application that spliced from an accelerated socket
 // while bytes redirected into it were still unread.
 type StalledSplice struct {
+	Cookie     uint64 // the socket's cookie, as in Conn.Cookies
 	PID        uint32
 	Comm       string
 	LocalPort  uint16
@@ -23,16 +24,64 @@ type StalledSplice struct {
 	Queued     uint32
 }
 
-// RunEvents logs what the use detector reports until ctx is done: each
-// stalled splice as one warning naming the process and ports, so an operator
-// knows what to exclude.
+// RunEvents handles what the use detector reports until ctx is done. Each
+// stalled splice is logged as one warning naming the process and ports, and,
+// unless DisableSpliceLearning, the server port of that connection is
+// excluded from then on: the connection that stalled cannot be helped, but
+// the application's next connections to that service stay on TCP, where
+// splice works.
 func (a *Accelerator) RunEvents(ctx context.Context) error {
 	return a.WatchEvents(ctx, func(ev StalledSplice) {
-		a.log.Warn("application spliced from an accelerated socket with redirected bytes unread; splice cannot return them, so this connection stalls: exclude the port (--exclude-ports) or run the application outside the accelerated cgroup",
-			zap.Uint32("pid", ev.PID), zap.String("comm", ev.Comm),
+		fields := []zap.Field{zap.Uint32("pid", ev.PID), zap.String("comm", ev.Comm),
 			zap.Uint16("local_port", ev.LocalPort), zap.Uint16("remote_port", ev.RemotePort),
-			zap.Uint32("queued_bytes", ev.Queued))
+			zap.Uint32("queued_bytes", ev.Queued)}
+		if a.cfg.DisableSpliceLearning {
+			a.log.Warn("application spliced from an accelerated socket with redirected bytes unread; splice cannot return them, so this connection stalls: exclude the port (--exclude-ports) or the application's cgroup (--exclude-cgroups)", fields...)
+			return
+		}
+		port, err := a.serverPort(ev.Cookie)
+		if err != nil {
+			a.log.Warn("application spliced from an accelerated socket with redirected bytes unread, so this connection stalls; its connection was not found to exclude its service port", append(fields, zap.Error(err))...)
+			return
+		}
+		if err := a.learnExcludedPort(port); err != nil {
+			a.log.Error("exclude port after a stalled splice", append(fields, zap.Uint16("port", port), zap.Error(err))...)
+			return
+		}
+		a.log.Warn("application spliced from an accelerated socket with redirected bytes unread, so this connection stalls; its service port is excluded from now on (set it in --exclude-ports to keep it across restarts)",
+			append(fields, zap.Uint16("excluded_port", port))...)
 	})
+}
+
+// serverPort finds the tracked connection one of whose ends has cookie and
+// returns its server's port.
+func (a *Accelerator) serverPort(cookie uint64) (uint16, error) {
+	if cookie == 0 {
+		return 0, errors.New("socket has no cookie")
+	}
+	conns, err := a.Conns()
+	if err != nil {
+		return 0, err
+	}
+	for _, c := range conns {
+		if c.Cookies[0] == cookie || c.Cookies[1] == cookie {
+			return c.Server.Port(), nil
+		}
+	}
+	return 0, fmt.Errorf("no tracked connection with socket cookie %d", cookie)
+}
+
+// learnExcludedPort adds port to the excluded ports, beside the configured
+// ones.
+func (a *Accelerator) learnExcludedPort(port uint16) error {
+	a.exclMu.Lock()
+	if a.learnedPorts == nil {
+		a.learnedPorts = map[uint16]bool{}
+	}
+	a.learnedPorts[port] = true
+	ports, cidrs := a.exclPorts, a.exclCIDRs
+	a.exclMu.Unlock()
+	return a.SetExclusions(ports, cidrs)
 }
 
 // WatchEvents calls f for each detector event until ctx is done.
@@ -57,6 +106,7 @@ func (a *Accelerator) WatchEvents(ctx context.Context, f func(StalledSplice)) er
 			return fmt.Errorf("decode detector event: %w", err)
 		}
 		f(StalledSplice{
+			Cookie:     ev.Cookie,
 			PID:        ev.Pid,
 			Comm:       cString(ev.Comm[:]),
 			LocalPort:  ev.LocalPort,

@@ -63,9 +63,13 @@ struct files_struct {
 struct task_struct {
 	struct files_struct *files;
 } __attribute__((preserve_access_index));
+typedef struct {
+	__s64 counter;
+} atomic64_t;
 struct sock_common {
 	__u16 skc_dport; /* network byte order */
 	__u16 skc_num;   /* host byte order */
+	atomic64_t skc_cookie; /* 0 until first asked for; sock_ops asked */
 } __attribute__((preserve_access_index));
 struct sock {
 	struct sock_common __sk_common;
@@ -884,6 +888,8 @@ static __always_inline void report_stalled_splice(__u64 addr)
 	ev = bpf_ringbuf_reserve(&sa_events, sizeof(*ev), 0);
 	if (!ev)
 		return;
+	ev->cookie = 0;
+	bpf_probe_read_kernel(&ev->cookie, sizeof(ev->cookie), &sk->__sk_common.skc_cookie.counter);
 	ev->pid = bpf_get_current_pid_tgid() >> 32;
 	ev->queued = queued;
 	ev->local_port = 0;

@@ -173,6 +173,7 @@ struct accel_stats {
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */
 struct use_event {
+	__u64 cookie;      /* socket cookie, as in the conntrack entry */
 	__u32 pid;
 	__u32 queued;      /* redirected bytes unread at the first splice */
 	__u16 local_port;  /* host byte order */

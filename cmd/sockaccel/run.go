@@ -28,6 +28,7 @@ func runDaemon(args []string) error {
 	gcInterval := fs.Duration("gc-interval", accel.DefaultGCInterval, "how often the fallback GC runs while connections are tracked")
 	backlogBytes := fs.Uint("backlog-bytes", 0, "bound on redirected-but-unread bytes per direction; past it sends go to TCP flow control until the receiver has read everything (0: what TCP would allow the receiver: its receive buffer, up to net.ipv4.tcp_rmem max)")
 	detect := fs.Bool("detect", true, "watch syscall entry for splice, recv(MSG_WAITALL) and MSG_OOB on accelerated sockets and take those connections off the fast path")
+	learnSplice := fs.Bool("learn-splice", true, "when an application's splice stalls on an accelerated connection, exclude that connection's server port from then on")
 	conservative := fs.Bool("conservative", false, "leave connections whose connect()ing socket is blocking on TCP (a blocking recv after its own shutdown(SHUT_WR) can otherwise see EAGAIN)")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "listen address for /metrics, /status, /conns and /healthz; empty disables")
 	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating and remove the pins, after applications read what was already redirected")
@@ -88,16 +89,17 @@ func runDaemon(args []string) error {
 	}
 
 	a, err := accel.New(accel.Config{
-		Cgroup:           target,
-		PinDir:           *pinDir,
-		MaxConns:         uint32(*maxConns),
-		ExcludePorts:     ports,
-		ExcludeCIDRs:     cidrs,
-		DisableConntrack: !*conntrack,
-		BacklogBytes:     uint32(*backlogBytes),
-		Conservative:     *conservative,
-		ExcludeCgroups:   excludedCgroups,
-		DisableDetect:    !*detect,
+		Cgroup:                target,
+		PinDir:                *pinDir,
+		MaxConns:              uint32(*maxConns),
+		ExcludePorts:          ports,
+		ExcludeCIDRs:          cidrs,
+		DisableConntrack:      !*conntrack,
+		BacklogBytes:          uint32(*backlogBytes),
+		Conservative:          *conservative,
+		ExcludeCgroups:        excludedCgroups,
+		DisableDetect:         !*detect,
+		DisableSpliceLearning: !*learnSplice,
 	}, log.Named("accel"))
 	if err != nil {
 		return err
@@ -113,6 +115,7 @@ func runDaemon(args []string) error {
 		zap.Bool("conntrack", *conntrack),
 		zap.Bool("conservative", *conservative),
 		zap.Bool("detect", *detect),
+		zap.Bool("learn_splice", *learnSplice),
 		zap.Bool("adopted", a.Adopted()),
 		zap.String("version", version))
 
