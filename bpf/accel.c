@@ -667,7 +667,9 @@ static __always_inline void consume_use_marks(struct ct_entry *e, struct accel_s
 
 	for (i = 0; i < 2; i++) {
 		addr = e->sk[i];
-		if (!addr)
+		/* A closed end's address may already belong to a new socket,
+		 * whose mark is not ours to take. */
+		if (!addr || (e->closed & (1U << i)))
 			continue;
 		m = bpf_map_lookup_elem(&sa_use_marks, &addr);
 		if (!m || m->consumed)
