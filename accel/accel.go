@@ -82,6 +82,7 @@ type Accelerator struct {
 	gcOnce  sync.Once
 	gcState *gc
 
+	cfgMu        sync.Mutex // serialises read-modify-write of sa_config
 	exclMu       sync.Mutex
 	exclPorts    []uint16 // as last set, without the learned ones
 	exclCIDRs    []netip.Prefix
@@ -438,6 +439,8 @@ func (a *Accelerator) SetExcludedCgroups(targets []cgroup.Target) error {
 // updateFlags sets and clears config flags, keeping the rest. Only the
 // daemon writes the config map.
 func (a *Accelerator) updateFlags(set, clear uint32) error {
+	a.cfgMu.Lock()
+	defer a.cfgMu.Unlock()
 	var cfg accelAccelConfig
 	if err := a.objs.SaConfig.Lookup(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("read config map: %w", err)
