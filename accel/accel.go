@@ -207,6 +207,11 @@ func (a *Accelerator) attachDetect() error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
+	if !a.cfg.DisableDetect {
+		if err := EnsureTracefs(); err != nil {
+			return err
+		}
+	}
 	for tp, prog := range a.detectTracepoints() {
 		path := filepath.Join(dir, detectLinkPrefix+tp)
 		if a.cfg.DisableDetect {

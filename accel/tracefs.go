@@ -1,0 +1,36 @@
+//go:build linux
+
+package accel
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultTracefs is where systemd (sys-kernel-tracing.mount) mounts tracefs.
+const DefaultTracefs = "/sys/kernel/tracing"
+
+// legacyTracefs is tracefs reached through debugfs, which the loader also accepts.
+const legacyTracefs = "/sys/kernel/debug/tracing"
+
+// EnsureTracefs makes sure the syscall tracepoints the use detector attaches
+// to can be looked up: if tracefs is reachable neither at /sys/kernel/tracing
+// nor through debugfs, it is mounted at /sys/kernel/tracing, as systemd does
+// at boot. The mount is left in place: it is the system's, not ours.
+func EnsureTracefs() error {
+	for _, dir := range []string{DefaultTracefs, legacyTracefs} {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err == nil && uint32(st.Type) == unix.TRACEFS_MAGIC {
+			return nil
+		}
+	}
+	if err := os.MkdirAll(DefaultTracefs, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", DefaultTracefs, err)
+	}
+	if err := unix.Mount("tracefs", DefaultTracefs, "tracefs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount tracefs at %s (needed for use detection; --detect=false runs without): %w", DefaultTracefs, err)
+	}
+	return nil
+}
