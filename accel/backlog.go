@@ -5,10 +5,8 @@ package accel
 import (
 	"encoding/binary"
 	"fmt"
-	"io"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 )
 
 // Backlog is what sockets in the sockhash hold for their applications:
@@ -18,46 +16,64 @@ type Backlog struct {
 	Bytes   uint64 `json:"queued_bytes"`
 }
 
-// backlogReader walks the sockhash with a BPF iterator (needs kernel BTF).
+// backlogKeyOffset is where backlog.c reads the sockhash key in its test
+// packet: after an Ethernet header.
+const backlogKeyOffset = 14
+
+// backlogReader asks the kernel, socket by socket, how many redirected bytes
+// each socket of the sockhash holds unread: it walks the sockhash keys from
+// userspace and runs backlog.c's tc program (BPF_PROG_TEST_RUN) on each.
 type backlogReader struct {
-	objs backlogObjects
-	iter *link.Iter
+	objs     backlogObjects
+	sockhash *ebpf.Map
 }
 
 func newBacklogReader(sockhash *ebpf.Map) (*backlogReader, error) {
-	r := &backlogReader{}
-	if err := loadBacklogObjects(&r.objs, nil); err != nil {
-		return nil, fmt.Errorf("load sockhash backlog iterator (needs kernel BTF): %w", err)
-	}
-	it, err := link.AttachIter(link.IterOptions{Program: r.objs.SockhashBacklog, Map: sockhash})
+	spec, err := loadBacklog()
 	if err != nil {
-		r.objs.Close()
-		return nil, fmt.Errorf("attach sockhash backlog iterator: %w", err)
+		return nil, fmt.Errorf("load embedded backlog program: %w", err)
 	}
-	r.iter = it
+	info, err := sockhash.Info()
+	if err != nil {
+		return nil, fmt.Errorf("sockhash info: %w", err)
+	}
+	spec.Maps[backlogMapSaSockhash].MaxEntries = info.MaxEntries
+	r := &backlogReader{sockhash: sockhash}
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{backlogMapSaSockhash: sockhash}}
+	if err := spec.LoadAndAssign(&r.objs, opts); err != nil {
+		return nil, fmt.Errorf("load sockhash backlog program (needs kernel BTF): %w", err)
+	}
 	return r, nil
 }
 
 func (r *backlogReader) read() (Backlog, error) {
-	rd, err := r.iter.Open()
-	if err != nil {
-		return Backlog{}, fmt.Errorf("open sockhash iterator: %w", err)
+	var (
+		b      Backlog
+		key    accelSockKey
+		cookie uint64
+	)
+	packet := make([]byte, backlogKeyOffset+binary.Size(key))
+	it := r.sockhash.Iterate()
+	for it.Next(&key, &cookie) {
+		if _, err := binary.Encode(packet[backlogKeyOffset:], binary.LittleEndian, key); err != nil {
+			return Backlog{}, fmt.Errorf("encode sockhash key: %w", err)
+		}
+		queued, err := r.objs.SockhashBacklog.Run(&ebpf.RunOptions{Data: packet})
+		if err != nil {
+			return Backlog{}, fmt.Errorf("run sockhash backlog program: %w", err)
+		}
+		if queued > 0 {
+			b.Sockets++
+			b.Bytes += uint64(queued)
+		}
 	}
-	defer rd.Close()
-	data, err := io.ReadAll(rd)
-	if err != nil {
-		return Backlog{}, fmt.Errorf("read sockhash iterator: %w", err)
-	}
-	var b Backlog
-	for i := 0; i+4 <= len(data); i += 4 {
-		b.Sockets++
-		b.Bytes += uint64(binary.LittleEndian.Uint32(data[i:]))
+	if err := it.Err(); err != nil {
+		return Backlog{}, fmt.Errorf("walk sockhash: %w", err)
 	}
 	return b, nil
 }
 
 func (r *backlogReader) Close() error {
-	r.iter.Close()
 	return r.objs.Close()
 }
 
@@ -76,7 +92,7 @@ func OpenBacklog(sockhash *ebpf.Map) (*BacklogReader, error) {
 // Read walks the sockhash once.
 func (b *BacklogReader) Read() (Backlog, error) { return b.r.read() }
 
-// Close releases the iterator.
+// Close releases the program.
 func (b *BacklogReader) Close() error { return b.r.Close() }
 
 // ReadBacklog reports the unread redirected bytes held by the sockets in

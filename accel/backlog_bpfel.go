@@ -8,14 +8,26 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"structs"
 
 	"github.com/cilium/ebpf"
 )
+
+type backlogSockKey struct {
+	_          structs.HostLayout
+	LocalIp    [4]uint32
+	RemoteIp   [4]uint32
+	LocalIsn   uint32
+	RemoteIsn  uint32
+	LocalPort  uint16
+	RemotePort uint16
+}
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	backlogMapSaSockhash       = "sa_sockhash"
 	backlogProgSockhashBacklog = "sockhash_backlog"
 )
 
@@ -68,6 +80,7 @@ type backlogProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type backlogMapSpecs struct {
+	SaSockhash *ebpf.MapSpec `ebpf:"sa_sockhash"`
 }
 
 // backlogVariableSpecs contains global variables before they are loaded into the kernel.
@@ -96,10 +109,13 @@ func (o *backlogObjects) Close() error {
 //
 // It can be passed to loadBacklogObjects or ebpf.CollectionSpec.LoadAndAssign.
 type backlogMaps struct {
+	SaSockhash *ebpf.Map `ebpf:"sa_sockhash"`
 }
 
 func (m *backlogMaps) Close() error {
-	return _BacklogClose()
+	return _BacklogClose(
+		m.SaSockhash,
+	)
 }
 
 // backlogVariables contains all global variables after they have been loaded into the kernel.

@@ -1,57 +1,82 @@
 //go:build ignore
 /* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
-/* Iterator over the SOCKHASH reporting, for each socket, the redirected bytes
- * queued for its application and not read yet (psock->msg_tot_len).
+/* Reports, for one socket of the SOCKHASH, the redirected bytes queued for
+ * its application and not read yet (psock->msg_tot_len).
  *
  * Teardown needs it: when a socket leaves the SOCKHASH the kernel drops its
  * psock and frees everything still queued in it (sk_psock_drop ->
  * sk_psock_stop -> purge of ingress_msg), so sockaccel only removes sockets
- * once this reads zero. Kernel types come from BTF through CO-RE. */
+ * once this reads zero.
+ *
+ * It is a tc program run through BPF_PROG_TEST_RUN, once per sockhash key
+ * (the key follows an Ethernet header in the test packet), not a sockmap
+ * iterator: iterators are tracing programs, which hardened kernels refuse
+ * to load. The SOCKHASH lookup takes a reference on the socket, so the
+ * socket cannot be freed while it is read. Kernel types come from BTF
+ * through CO-RE. */
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "accel.h"
+
 char __license[] SEC("license") = "Dual MIT/GPL";
 
-struct seq_file;
-
-struct bpf_iter_meta {
-	struct seq_file *seq;
-} __attribute__((preserve_access_index));
+/* Replaced at load time by the daemon's pinned sockhash. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 1);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+} sa_sockhash SEC(".maps");
 
 struct sock {
 	void *sk_user_data;
+} __attribute__((preserve_access_index));
+
+struct inet_sock {
+	struct sock sk;
+} __attribute__((preserve_access_index));
+
+struct inet_connection_sock {
+	struct inet_sock icsk_inet;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	struct inet_connection_sock inet_conn;
 } __attribute__((preserve_access_index));
 
 struct sk_psock {
 	__u32 msg_tot_len;
 } __attribute__((preserve_access_index));
 
-struct bpf_iter__sockmap {
-	struct bpf_iter_meta *meta;
-	void *key;
-	struct sock *sk;
-} __attribute__((preserve_access_index));
-
 /* sk_user_data carries flag bits below the psock pointer. */
 #define SK_USER_DATA_PTRMASK (~7UL)
 
-SEC("iter/sockmap")
-int sockhash_backlog(struct bpf_iter__sockmap *ctx)
+/* Where the key starts in the test packet: after an Ethernet header, the
+ * smallest packet BPF_PROG_TEST_RUN accepts for tc. */
+#define BACKLOG_KEY_OFFSET 14
+
+SEC("tc")
+int sockhash_backlog(struct __sk_buff *skb)
 {
-	struct seq_file *seq = ctx->meta->seq;
-	struct sock *sk = ctx->sk;
+	struct sock_key key;
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
 	struct sk_psock *psock;
 	__u32 queued = 0;
 
+	if (bpf_skb_load_bytes(skb, BACKLOG_KEY_OFFSET, &key, sizeof(key)))
+		return 0;
+	sk = bpf_map_lookup_elem(&sa_sockhash, &key);
 	if (!sk)
 		return 0;
-	psock = (struct sk_psock *)((unsigned long)sk->sk_user_data & SK_USER_DATA_PTRMASK);
-	if (!psock)
-		return 0;
-	if (bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len))
-		return 0;
-	if (queued)
-		bpf_seq_write(seq, &queued, sizeof(queued));
-	return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		psock = (struct sk_psock *)((unsigned long)tp->inet_conn.icsk_inet.sk.sk_user_data & SK_USER_DATA_PTRMASK);
+		if (psock)
+			bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len);
+	}
+	bpf_sk_release(sk);
+	return queued;
 }
