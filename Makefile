@@ -46,7 +46,7 @@ soak: build
 	$(GO) test -p 1 -count=$(SOAK_COUNT) -failfast -timeout 6h -run '$(SOAK_TESTS)' ./accel/
 
 bench: build
-	QUICK='$(QUICK)' SMOKE='$(SMOKE)' OUT='$(OUT)' SOCKACCEL='$(BIN)' GO='$(GO)' bash bench/run.sh
+	QUICK='$(QUICK)' SMOKE='$(SMOKE)' OUT='$(OUT)' SOCKACCEL='$(BIN)' CC='$(CC)' bash bench/run.sh
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sockaccel

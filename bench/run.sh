@@ -10,7 +10,7 @@
 #   SMOKE=1      every test once for 1 s on every topology (well under a minute)
 #   OUT=DIR      output directory (default bench/results/<date>-<kernel>[-quick|-smoke])
 #   SOCKACCEL=F  sockaccel binary (default bin/sockaccel, built by make build)
-#   GO=go        Go toolchain used to build bench/unixref
+#   CC=cc        C compiler for bench/unixref/unixref.c
 #   IPTABLES=nft|legacy   force an iptables variant (default: the first that works, nft first)
 #
 # Needs root. Installs netperf (Debian non-free), iptables, gnuplot-nox and jq
@@ -66,7 +66,7 @@ TOPOLOGIES=(bridge veth loopback)
 
 SOCKACCEL=${SOCKACCEL:-$ROOT/bin/sockaccel}
 [[ $SOCKACCEL == /* ]] || SOCKACCEL=$ROOT/$SOCKACCEL
-GO=${GO:-go}
+CC=${CC:-cc}
 
 KERNEL=$(uname -r)
 suffix=
@@ -114,6 +114,7 @@ install_tools() {
 	command -v iptables-nft >/dev/null || command -v iptables-legacy >/dev/null || pkgs+=(iptables)
 	command -v gnuplot >/dev/null || pkgs+=(gnuplot-nox)
 	command -v jq >/dev/null || pkgs+=(jq)
+	command -v "$CC" >/dev/null || pkgs+=(gcc libc6-dev)
 	command -v taskset >/dev/null || pkgs+=(util-linux)
 	if ! command -v ip >/dev/null || ! command -v ss >/dev/null; then
 		pkgs+=(iproute2)
@@ -126,8 +127,6 @@ install_tools() {
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 }
 
-command -v "$GO" >/dev/null || GO=/usr/local/go/bin/go
-command -v "$GO" >/dev/null || die "no Go toolchain to build bench/unixref (set GO)"
 
 # ---------------------------------------------------------------- cleanup
 
@@ -499,7 +498,8 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "mode $RUN_MODE: $REPS baseline/accelerated pairs x ${LEN}s per test and topology; output in $OUT"
 
 log "building bench/unixref"
-(cd "$ROOT" && CGO_ENABLED=0 "$GO" build -o "$TMPD/unixref" ./bench/unixref)
+"$CC" -O2 -Wall -o "$TMPD/unixref" "$BENCH/unixref/unixref.c" || die "cannot build bench/unixref/unixref.c with $CC"
+
 
 # A stale pin dir can only be left by a run killed with SIGKILL (we hold the lock).
 if [[ -e $PIN_DIR ]]; then
@@ -576,8 +576,7 @@ ELAPSED=$(($(date +%s) - START))
 	echo "iptables:        iptables-$IPT ($("iptables-$IPT" -V 2>&1 | head -n 1)), $(grep -c '^-A' "$TMPD/rules.v4") rules in the bridge host netns"
 	echo "                 ($SVC_RULES filter rules traversed by every bridged packet, $SVC_RULES nat rules by every new connection)"
 	echo "br_netfilter:    net.bridge.bridge-nf-call-iptables=$(ip netns exec "$IPT_NS" sysctl -n net.bridge.bridge-nf-call-iptables)"
-	echo "unix reference:  bench/unixref, AF_UNIX SOCK_STREAM socketpair, SO_SNDBUF $UNIX_SNDBUF (tcp_wmem max) on both ends"
-	echo "go:              $("$GO" version)"
+	echo "unix reference:  bench/unixref (C, $("$CC" --version | head -n 1)), AF_UNIX SOCK_STREAM socketpair between two processes, SO_SNDBUF $UNIX_SNDBUF (tcp_wmem max) on both ends"
 	echo
 	echo "daemon status at start:"
 	echo "$STATUS_START"
