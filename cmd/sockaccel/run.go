@@ -105,6 +105,19 @@ func runDaemon(args []string) error {
 		return err
 	}
 	defer a.Close()
+	// Serving before the "accelerating" line: that line is what operators
+	// and tests wait for, and everything must be up by then.
+	var httpDone <-chan error
+	if httpLn != nil {
+		httpDone = serve(ctx, httpLn, a, log.Named("http"))
+		log.Info("serving metrics", zap.Stringer("addr", httpLn.Addr()))
+	}
+	defer func() {
+		if httpDone != nil {
+			<-httpDone
+		}
+	}()
+
 	log.Info("accelerating",
 		zap.String("cgroup", target.Path),
 		zap.String("pin_dir", *pinDir),
@@ -118,17 +131,6 @@ func runDaemon(args []string) error {
 		zap.Bool("learn_splice", *learnSplice),
 		zap.Bool("adopted", a.Adopted()),
 		zap.String("version", version))
-
-	var httpDone <-chan error
-	if httpLn != nil {
-		httpDone = serve(ctx, httpLn, a, log.Named("http"))
-		log.Info("serving metrics", zap.Stringer("addr", httpLn.Addr()))
-	}
-	defer func() {
-		if httpDone != nil {
-			<-httpDone
-		}
-	}()
 
 	go func() {
 		if err := a.RunEvents(ctx); err != nil {
