@@ -18,10 +18,10 @@ PREFIX ?= /usr/local
 all: generate build
 
 generate:
-	$(GO) generate ./accel/...
+	$(GO) generate ./accel/... ./bench/...
 
 check-generate: generate
-	git diff --exit-code -- accel/ || { echo "generated BPF bindings are stale: run make generate and commit" >&2; exit 1; }
+	git diff --exit-code -- accel/ bench/proto/ || { echo "generated BPF bindings are stale: run make generate and commit" >&2; exit 1; }
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sockaccel
@@ -46,7 +46,7 @@ soak: build
 	$(GO) test -p 1 -count=$(SOAK_COUNT) -failfast -timeout 6h -run '$(SOAK_TESTS)' ./accel/
 
 bench: build
-	QUICK='$(QUICK)' SMOKE='$(SMOKE)' OUT='$(OUT)' SOCKACCEL='$(BIN)' CC='$(CC)' bash bench/run.sh
+	QUICK='$(QUICK)' SMOKE='$(SMOKE)' PROTO='$(PROTO)' OUT='$(OUT)' SOCKACCEL='$(BIN)' CC='$(CC)' GO='$(GO)' bash bench/run.sh
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sockaccel

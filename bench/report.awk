@@ -78,8 +78,9 @@ END {
 	label["TCP_STREAM_64K"] = "TCP_STREAM 64 KiB"
 
 	for (t = 1; t <= ntopo; t++) for (s = 1; s <= ntest; s++) {
-		for (m = 1; m <= 2; m++) {
-			mode = (m == 1) ? "baseline" : "accelerated"
+		for (m = 1; m <= 3; m++) {
+			mode = (m == 1) ? "baseline" : (m == 2 ? "accelerated" : "prototype")
+			if (runs[topos[t], tests[s], mode] > 0 && mode == "prototype") proto = 1
 			k = topos[t] SUBSEP tests[s] SUBSEP mode
 			M[k, "tput"] = median(k SUBSEP "tput")
 			M[k, "p50"] = median(k SUBSEP "p50")
@@ -99,7 +100,8 @@ END {
 
 	print "# sockaccel benchmark: " date ", kernel " kernel > md
 	print "" > md
-	printf "%s run: %d baseline/accelerated pair(s) per test and topology, %d s per netperf run (TCP_CRR: %d connections per run), run alternately (baseline, accelerated, baseline, ...). ", run_mode, reps, len, crr > md
+	order = proto ? "baseline, accelerated, prototype" : "baseline, accelerated"
+	printf "%s run: %d round(s) (%s) per test and topology, %d s per netperf run (TCP_CRR: %d connections per run), the modes run alternately (%s, %s, ...). ", run_mode, reps, order, len, crr, order, order > md
 	printf "netperf pinned to CPU 0, netserver to CPU 1 (`-T 0,1` and taskset); %s. ", cpu > md
 	printf "One sockaccel daemon for the whole run; accelerated runs are in its cgroup, baseline runs in an unattached sibling cgroup. " > md
 	print "Every number is the median over the runs of **this single bench run**; ratios are accelerated/baseline of those medians, not averaged over several bench runs, so treat differences of a few percent as noise." > md
@@ -140,6 +142,24 @@ END {
 			fmt(ratio(a, b), "%.2fx"), tfmt(u, units[tests[s]]), fmt(ratio(u, b), "%.2fx") > md
 	}
 	print "" > md
+
+	if (proto) {
+		print "## Against the bare prototype" > md
+		print "" > md
+		print "`PROTO=1`: every round also runs `bench/proto`, the bare sockmap prototype, in a third sibling cgroup: sock_ops inserts every established socket into a SOCKHASH keyed by its 4-tuple and sk_msg redirects every send, nothing else (no ordering rule, backlog bound, exclusions, connection tracking or use detection, and a key that pairs the wrong sockets when two namespaces hold the same tuple). sockaccel's use detection is host-wide syscall tracepoints, so it also runs, and costs, during prototype runs." > md
+		print "" > md
+		print "| Topology | Test | Unit | Baseline | Prototype | Accelerated | Proto/base | Accel/base | Accel/proto |" > md
+		print "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" > md
+		for (t = 1; t <= ntopo; t++) for (s = 1; s <= ntest; s++) {
+			b = M[topos[t], tests[s], "baseline", "tput"]
+			a = M[topos[t], tests[s], "accelerated", "tput"]
+			pr = M[topos[t], tests[s], "prototype", "tput"]
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", topos[t], label[tests[s]], unitname(units[tests[s]]),
+				tfmt(b, units[tests[s]]), tfmt(pr, units[tests[s]]), tfmt(a, units[tests[s]]),
+				fmt(ratio(pr, b), "%.2fx"), fmt(ratio(a, b), "%.2fx"), fmt(ratio(a, pr), "%.2fx") > md
+		}
+		print "" > md
+	}
 
 	print "## Latency (µs, medians of the per-run p50 and p99)" > md
 	print "" > md

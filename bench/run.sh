@@ -8,6 +8,9 @@
 #   QUICK=1      fewer/shorter runs (about 2 minutes)
 #   SOCKACCEL_FLAGS  extra flags for the daemon (e.g. --conntrack=false), recorded in system.txt
 #   SMOKE=1      every test once for 1 s on every topology (well under a minute)
+#   PROTO=1      also run the bare sockmap prototype (bench/proto) in every round:
+#                baseline, accelerated, prototype (half as long again)
+#   GO=go        Go toolchain that builds bench/proto (PROTO=1 only)
 #   OUT=DIR      output directory (default bench/results/<date>-<kernel>[-quick|-smoke])
 #   SOCKACCEL=F  sockaccel binary (default bin/sockaccel, built by make build)
 #   CC=cc        C compiler for bench/unixref/unixref.c
@@ -56,17 +59,23 @@ PIN_DIR=/sys/fs/bpf/sockaccel-bench
 LOCK=/run/lock/sockaccel-bench.lock # left in place: removing a flock file races with waiters
 PORT_BASE=12865  # netserver control port, baseline
 PORT_ACCEL=12866 # netserver control port, accelerated
+PORT_PROTO=12867 # netserver control port, prototype (PROTO=1)
 # AF_UNIX socket buffer for the reference: TCP's autotuning ceiling, so the
 # reference is not held back by the small AF_UNIX default (wmem_default).
 UNIX_SNDBUF=$(awk '{ print $3 }' /proc/sys/net/ipv4/tcp_wmem)
 SVC_RULES=300    # kube-proxy-like services (filter rules per packet, nat rules per connection)
 
 TESTS=(TCP_RR_1 TCP_RR_1K TCP_CRR TCP_STREAM_64K)
+MODES=(baseline accelerated)
+if is_set "${PROTO:-}"; then
+	MODES+=(prototype)
+fi
 TOPOLOGIES=(bridge veth loopback)
 
 SOCKACCEL=${SOCKACCEL:-$ROOT/bin/sockaccel}
 [[ $SOCKACCEL == /* ]] || SOCKACCEL=$ROOT/$SOCKACCEL
 CC=${CC:-cc}
+GO=${GO:-go}
 
 KERNEL=$(uname -r)
 suffix=
@@ -135,6 +144,7 @@ CGROUPS=()  # cgroup directories we created
 PIDS=()     # background processes we started (netservers)
 CUR_PID=    # the netperf/unixref running now
 DAEMON_PID= # sockaccel run
+PROTO_PID=  # bench/proto (PROTO=1)
 PIN_CREATED=
 IPT=      # iptables variant in use (nft|legacy)
 IPT_NS=   # namespace holding the iptables rules
@@ -149,6 +159,7 @@ cleanup() {
 	for p in "${PIDS[@]}"; do
 		kill "$p" 2>/dev/null
 	done
+	[[ -z $PROTO_PID ]] || kill "$PROTO_PID" 2>/dev/null
 	if [[ -n $DAEMON_PID ]]; then
 		kill "$DAEMON_PID" 2>/dev/null
 		for _ in $(seq 50); do
@@ -242,6 +253,7 @@ wait_listen() { # NETNS PORT
 
 CG_BASE=$CG_ROOT/$PFX-baseline
 CG_ACCEL=$CG_ROOT/$PFX-accel
+CG_PROTO=$CG_ROOT/$PFX-proto
 
 declare -A CLIENT_NS SERVER_NS SERVER_ADDR
 
@@ -379,10 +391,27 @@ TEST_NAME[TCP_RR_1K]=TCP_RR TEST_ARGS[TCP_RR_1K]="-r 1024,1024"
 TEST_NAME[TCP_CRR]=TCP_CRR TEST_ARGS[TCP_CRR]="-r 1,1"
 TEST_NAME[TCP_STREAM_64K]=TCP_STREAM TEST_ARGS[TCP_STREAM_64K]="-m 65536"
 
+# mode_cgroup MODE and mode_port MODE: where that mode's netperf and
+# netserver run.
+mode_cgroup() {
+	case $1 in
+	baseline) echo "$CG_BASE" ;;
+	accelerated) echo "$CG_ACCEL" ;;
+	prototype) echo "$CG_PROTO" ;;
+	esac
+}
+mode_port() {
+	case $1 in
+	baseline) echo "$PORT_BASE" ;;
+	accelerated) echo "$PORT_ACCEL" ;;
+	prototype) echo "$PORT_PROTO" ;;
+	esac
+}
+
 start_netservers() { # TOPOLOGY
 	local ns=${SERVER_NS[$1]} mode cg port
-	for mode in baseline accelerated; do
-		if [[ $mode == baseline ]]; then cg=$CG_BASE port=$PORT_BASE; else cg=$CG_ACCEL port=$PORT_ACCEL; fi
+	for mode in "${MODES[@]}"; do
+		cg=$(mode_cgroup "$mode") port=$(mode_port "$mode")
 		launch "$cg" "$ns" taskset -c "$SERVER_CPU" netserver -D -p "$port" \
 			>"$TMPD/netserver-$1-$mode.log" 2>&1 &
 		PIDS+=($!)
@@ -402,7 +431,7 @@ stop_netservers() {
 # run_netperf TOPOLOGY TEST MODE REP: one netperf run, one CSV row.
 run_netperf() {
 	local topo=$1 test=$2 mode=$3 rep=$4 cg port
-	if [[ $mode == baseline ]]; then cg=$CG_BASE port=$PORT_BASE; else cg=$CG_ACCEL port=$PORT_ACCEL; fi
+	cg=$(mode_cgroup "$mode") port=$(mode_port "$mode")
 	local -a before after
 	read -r -a before < <(counters)
 	local nf0 nf1
@@ -437,7 +466,8 @@ run_netperf() {
 	if [[ $mode == accelerated ]]; then
 		((d[0] > 0)) || check=FAIL_not_redirected
 	else
-		((d[0] == 0)) || check=FAIL_redirected_in_baseline
+		# Baseline and prototype runs are outside the daemon's cgroup.
+		((d[0] == 0)) || check=FAIL_redirected_in_$mode
 	fi
 	[[ $check == ok ]] || log "check failed: $topo $test $mode rep $rep: redirected_msgs delta ${d[0]}"
 	# line has 14 fields: THROUGHPUT .. ELAPSED_TIME (see SELECTORS)
@@ -510,6 +540,21 @@ fi
 
 add_cgroup "$CG_BASE"
 add_cgroup "$CG_ACCEL"
+if is_set "${PROTO:-}"; then
+	command -v "$GO" >/dev/null || GO=/usr/local/go/bin/go
+	log "building bench/proto"
+	(cd "$ROOT" && CGO_ENABLED=0 "$GO" build -o "$TMPD/proto" ./bench/proto) || die "cannot build bench/proto with $GO"
+	add_cgroup "$CG_PROTO"
+	"$TMPD/proto" -cgroup "$CG_PROTO" >"$TMPD/proto.log" 2>&1 &
+	PROTO_PID=$!
+	for i in $(seq 100); do
+		grep -q '^attached' "$TMPD/proto.log" && break
+		kill -0 "$PROTO_PID" 2>/dev/null || die "bench/proto exited: $(cat "$TMPD/proto.log")"
+		((i < 100)) || die "bench/proto did not attach within 10s"
+		sleep 0.1
+	done
+	log "prototype $PROTO_PID attached to $CG_PROTO"
+fi
 
 for topo in "${TOPOLOGIES[@]}"; do
 	"setup_$topo"
@@ -519,7 +564,7 @@ done
 # only. netperf's control connections (ports $PORT_BASE/$PORT_ACCEL) are
 # excluded so that the counters count the measured data connections alone.
 # shellcheck disable=SC2206 # extra daemon flags are meant to split
-DAEMON_ARGS=(run --cgroup "$CG_ACCEL" --pin-dir "$PIN_DIR" --exclude-ports "$PORT_BASE,$PORT_ACCEL" --metrics-addr= --log-level info ${SOCKACCEL_FLAGS:-})
+DAEMON_ARGS=(run --cgroup "$CG_ACCEL" --pin-dir "$PIN_DIR" --exclude-ports "$PORT_BASE,$PORT_ACCEL,$PORT_PROTO" --metrics-addr= --log-level info ${SOCKACCEL_FLAGS:-})
 PIN_CREATED=1
 "$SOCKACCEL" "${DAEMON_ARGS[@]}" >"$OUT/daemon.log" 2>&1 &
 DAEMON_PID=$!
@@ -547,8 +592,9 @@ for topo in "${TOPOLOGIES[@]}"; do
 	start_netservers "$topo"
 	for test in "${TESTS[@]}"; do
 		for ((rep = 1; rep <= REPS; rep++)); do
-			run_netperf "$topo" "$test" baseline "$rep"
-			run_netperf "$topo" "$test" accelerated "$rep"
+			for mode in "${MODES[@]}"; do
+				run_netperf "$topo" "$test" "$mode" "$rep"
+			done
 		done
 	done
 	stop_netservers
@@ -562,7 +608,7 @@ ELAPSED=$(($(date +%s) - START))
 
 {
 	echo "date:            $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-	echo "run mode:        $RUN_MODE ($REPS baseline/accelerated pairs per test and topology, ${LEN}s per netperf run, $CRR_CONNS connections per TCP_CRR run, unix reference ${REF_LEN} per run, once before each topology)"
+	echo "run mode:        $RUN_MODE ($REPS rounds of ${MODES[*]} per test and topology, ${LEN}s per netperf run, $CRR_CONNS connections per TCP_CRR run, unix reference ${REF_LEN} per run, once before each topology)"
 	echo "elapsed:         ${ELAPSED}s"
 	echo "load average:    $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end (the bench itself keeps about 1 CPU busy; more means other work shared the CPUs)"
 	echo "kernel:          $(uname -srvm)"
@@ -572,6 +618,9 @@ ELAPSED=$(($(date +%s) - START))
 	echo "sockaccel:       $("$SOCKACCEL" version 2>&1 | head -n 1)"
 	echo "daemon command:  sockaccel ${DAEMON_ARGS[*]}"
 	echo "baseline cgroup: $CG_BASE (sibling, not attached)"
+	if is_set "${PROTO:-}"; then
+		echo "prototype:       bench/proto on $CG_PROTO (sibling; bare sock_ops insert + sk_msg redirect, 4-tuple key)"
+	fi
 	echo "netperf:         $(netperf -V 2>&1 | head -n 1)"
 	echo "iptables:        iptables-$IPT ($("iptables-$IPT" -V 2>&1 | head -n 1)), $(grep -c '^-A' "$TMPD/rules.v4") rules in the bridge host netns"
 	echo "                 ($SVC_RULES filter rules traversed by every bridged packet, $SVC_RULES nat rules by every new connection)"
