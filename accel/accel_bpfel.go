@@ -77,6 +77,7 @@ type accelCtEntry struct {
 	Msgs          [2]uint64
 	Bytes         [2]uint64
 	Sk            [2]uint64
+	BacklogClear  [2]uint64
 	Closed        uint32
 	Off           uint32
 }

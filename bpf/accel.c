@@ -618,14 +618,23 @@ static __always_inline __u32 psock_queued(__u64 addr)
 
 /* Whether queueing size more bytes at the receiver would exceed the bound.
  * The receiver's unread redirected bytes are its psock's msg_tot_len, the
- * kernel's own accounting, read through BTF. */
+ * kernel's own accounting, read through BTF.
+ *
+ * Those reads cost more than the rest of a redirect, so they happen only when
+ * the answer could be yes: what the receiver holds now is at most what it
+ * held at the last reading plus what was redirected since (only this
+ * direction's sender queues there), and until bytes[dir] passes
+ * backlog_clear[dir] that sum stays within the bound. A receiver that keeps
+ * up is read about once per bound's worth of bytes. */
 static __always_inline int backlog_exceeded(struct ct_entry *e, __u32 dir, struct accel_config *cfg, __u64 size)
 {
 	struct sock *peer = (struct sock *)e->sk[dir ^ 1];
 	int rcvbuf = 0;
-	__u64 bound;
+	__u64 bound, queued;
 
 	if (!peer)
+		return 0;
+	if (e->bytes[dir] + size <= e->backlog_clear[dir])
 		return 0;
 	bound = cfg->backlog_bytes;
 	if (!bound) {
@@ -633,7 +642,12 @@ static __always_inline int backlog_exceeded(struct ct_entry *e, __u32 dir, struc
 			return 0;
 		bound = (__u32)rcvbuf > cfg->rcvbuf_max ? (__u32)rcvbuf : cfg->rcvbuf_max;
 	}
-	return psock_queued(e->sk[dir ^ 1]) + size > bound;
+	queued = psock_queued(e->sk[dir ^ 1]);
+	if (queued + size > bound)
+		return 1;
+	/* Written by this direction's sender only, under its socket lock. */
+	e->backlog_clear[dir] = e->bytes[dir] + bound - queued;
+	return 0;
 }
 
 /* Whether the receiving application has read every byte this socket handed

@@ -57,6 +57,9 @@ struct ct_entry {
 	 * bpf_probe_read_kernel: a stale address after close yields a wrong
 	 * reading at worst, and the redirect itself goes by key. */
 	__u64 sk[2];
+	/* Per direction: up to which value of bytes[dir] the receiver's
+	 * backlog is known to stay within the bound (see backlog_exceeded). */
+	__u64 backlog_clear[2];
 	__u32 closed;       /* bit per side that reached TCP_CLOSE */
 	__u32 off;          /* bit per direction taken off the fast path for good */
 };
