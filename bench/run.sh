@@ -40,10 +40,10 @@ die() {
 # short by the timer and netserver only notices at its own timer, 4 s (netperf's
 # PAD_TIME) later, which would add 4 s of idle time to every CRR run.
 RUN_MODE=full
-REPS=3          # baseline/accelerated pairs per test and topology
-LEN=5           # seconds per netperf run
-CRR_CONNS=35000 # connections per TCP_CRR run (about LEN seconds)
-REF_LEN=5s      # seconds per unix-socket reference run
+REPS=5          # rounds (one run of each mode) per test and topology
+LEN=3           # seconds per netperf run
+CRR_CONNS=20000 # connections per TCP_CRR run (about LEN seconds)
+REF_LEN=3s      # seconds per unix-socket reference run
 if is_set "${SMOKE:-}"; then
 	RUN_MODE=smoke REPS=1 LEN=1 CRR_CONNS=3000 REF_LEN=1s
 elif is_set "${QUICK:-}"; then
@@ -63,6 +63,7 @@ PORT_PROTO=12867 # netserver control port, prototype (PROTO=1)
 # AF_UNIX socket buffer for the reference: TCP's autotuning ceiling, so the
 # reference is not held back by the small AF_UNIX default (wmem_default).
 UNIX_SNDBUF=$(awk '{ print $3 }' /proc/sys/net/ipv4/tcp_wmem)
+CT_TIME_WAIT=5    # s: conntrack TIME_WAIT timeout in the bridge host netns (see setup_bridge)
 SVC_RULES=300    # kube-proxy-like services (filter rules per packet, nat rules per connection)
 
 TESTS=(TCP_RR_1 TCP_RR_1K TCP_CRR TCP_STREAM_64K)
@@ -276,6 +277,14 @@ setup_bridge() {
 	ip netns exec "$host" sysctl -qw net.bridge.bridge-nf-call-iptables=1 ||
 		die "cannot enable net.bridge.bridge-nf-call-iptables in $host (br_netfilter missing?)"
 	load_iptables "$host"
+	# TCP_CRR opens tens of thousands of connections per run, and netfilter
+	# keeps each one's conntrack entry for the TIME_WAIT timeout (120 s):
+	# a few runs fill the host-wide table (nf_conntrack_max), and from then
+	# on SYNs are dropped and connects wait for their 1 s retransmit, in
+	# whichever mode happens to run. A short TIME_WAIT in this netns only
+	# keeps the table from filling.
+	ip netns exec "$host" sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_time_wait=$CT_TIME_WAIT ||
+		die "cannot set nf_conntrack_tcp_timeout_time_wait in $host"
 	CLIENT_NS[bridge]=$a SERVER_NS[bridge]=$b SERVER_ADDR[bridge]=10.250.1.3
 }
 
@@ -625,6 +634,7 @@ ELAPSED=$(($(date +%s) - START))
 	echo "iptables:        iptables-$IPT ($("iptables-$IPT" -V 2>&1 | head -n 1)), $(grep -c '^-A' "$TMPD/rules.v4") rules in the bridge host netns"
 	echo "                 ($SVC_RULES filter rules traversed by every bridged packet, $SVC_RULES nat rules by every new connection)"
 	echo "br_netfilter:    net.bridge.bridge-nf-call-iptables=$(ip netns exec "$IPT_NS" sysctl -n net.bridge.bridge-nf-call-iptables)"
+	echo "nf_conntrack:    TIME_WAIT timeout $(ip netns exec "$IPT_NS" sysctl -n net.netfilter.nf_conntrack_tcp_timeout_time_wait) s in the bridge host netns ($(sysctl -n net.netfilter.nf_conntrack_tcp_timeout_time_wait) s in the root netns), $(ip netns exec "$IPT_NS" sysctl -n net.netfilter.nf_conntrack_count) entries at end, nf_conntrack_max $(sysctl -n net.netfilter.nf_conntrack_max)"
 	echo "unix reference:  bench/unixref (C, $("$CC" --version | head -n 1)), AF_UNIX SOCK_STREAM socketpair between two processes, SO_SNDBUF $UNIX_SNDBUF (tcp_wmem max) on both ends"
 	echo
 	echo "daemon status at start:"
