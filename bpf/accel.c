@@ -363,12 +363,18 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 	struct ct_entry *e;
 	long err;
 
-	/* The first end creates the entry, the second joins it. */
+	/* The first end creates the entry, already holding its own side, the
+	 * second joins it. */
 	e = state->side == CT_SIDE_ACTIVE ? NULL : bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 	if (!e) {
 		struct ct_entry fresh = {};
 
 		fresh.established_ns = bpf_ktime_get_ns();
+		fresh.cookie[side] = cookie;
+		fresh.cgroup_id[side] = cgroup_id;
+		fresh.sk[side] = (__u64)(unsigned long)sk;
+		if (state->flags & SOCK_F_NO_INGRESS)
+			fresh.off = 1U << (side ^ 1);
 		err = bpf_map_update_elem(&sa_conntrack, &state->ct_key, &fresh, BPF_NOEXIST);
 		if (err && err != -EEXIST) {
 			__sync_fetch_and_add(&st->ct_full, 1);
@@ -377,7 +383,9 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 		if (!err) {
 			__sync_fetch_and_add(&st->ct_created, 1);
 			gc_wake();
+			goto tracked;
 		}
+		/* The other end created it a moment ago: join. */
 		e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 		if (!e)
 			return;
@@ -387,6 +395,7 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 	e->sk[side] = (__u64)(unsigned long)sk;
 	if (state->flags & SOCK_F_NO_INGRESS)
 		__sync_fetch_and_or(&e->off, 1U << (side ^ 1));
+tracked:
 	state->flags |= SOCK_F_TRACKED;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
