@@ -33,7 +33,7 @@ test: build
 	$(GO) test -p 1 -count=1 -timeout 40m ./...
 
 lint:
-	gofmt -l . | tee /dev/stderr | (! read)
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 # Benchmark (root): make bench [QUICK=1|SMOKE=1] [OUT=dir]; see bench/README.md.
