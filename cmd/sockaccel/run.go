@@ -114,6 +114,9 @@ func runDaemon(args []string) error {
 	}
 	defer func() {
 		if httpDone != nil {
+			// The server stops when ctx ends; on an error return
+			// nobody has cancelled it yet.
+			stop()
 			<-httpDone
 		}
 	}()
