@@ -4,6 +4,7 @@ package accel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
@@ -46,16 +47,39 @@ func newBacklogReader(sockhash *ebpf.Map) (*backlogReader, error) {
 	return r, nil
 }
 
+// backlogWalkAttempts bounds how often one read restarts its walk of the
+// sockhash: the map iterator gives up when sockets keep leaving it under the
+// walk (connections closing while cleanup drains).
+const backlogWalkAttempts = 5
+
 func (r *backlogReader) read() (Backlog, error) {
+	var err error
+	for range backlogWalkAttempts {
+		var b Backlog
+		if b, err = r.walk(); !errors.Is(err, ebpf.ErrIterationAborted) {
+			return b, err
+		}
+	}
+	return Backlog{}, err
+}
+
+func (r *backlogReader) walk() (Backlog, error) {
 	var (
 		b      Backlog
 		key    accelSockKey
 		cookie uint64
 	)
+	// The iterator starts over when the key it stands on is deleted:
+	// count each socket once.
+	seen := make(map[accelSockKey]struct{})
 	packet := make([]byte, backlogKeyOffset+binary.Size(key))
 	it := r.sockhash.Iterate()
 	for it.Next(&key, &cookie) {
-		if _, err := binary.Encode(packet[backlogKeyOffset:], binary.LittleEndian, key); err != nil {
+		if _, dup := seen[key]; dup {
+			continue
+		}
+		seen[key] = struct{}{}
+		if _, err := binary.Encode(packet[backlogKeyOffset:], binary.NativeEndian, key); err != nil {
 			return Backlog{}, fmt.Errorf("encode sockhash key: %w", err)
 		}
 		queued, err := r.objs.SockhashBacklog.Run(&ebpf.RunOptions{Data: packet})
