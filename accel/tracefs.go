@@ -3,8 +3,10 @@
 package accel
 
 import (
+	"bufio"
 	"fmt"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,15 +18,19 @@ const DefaultTracefs = "/sys/kernel/tracing"
 const legacyTracefs = "/sys/kernel/debug/tracing"
 
 // EnsureTracefs makes sure the syscall tracepoints the use detector attaches
-// to can be looked up: if tracefs is reachable neither at /sys/kernel/tracing
-// nor through debugfs, it is mounted at /sys/kernel/tracing, as systemd does
-// at boot. The mount is left in place: it is the system's, not ours.
+// to can be looked up: if tracefs is mounted nowhere (the loader finds it
+// wherever it is), it is mounted at /sys/kernel/tracing, as systemd does at
+// boot. The mount is left in place: it is the system's, not ours.
 func EnsureTracefs() error {
 	for _, dir := range []string{DefaultTracefs, legacyTracefs} {
 		var st unix.Statfs_t
 		if err := unix.Statfs(dir, &st); err == nil && uint32(st.Type) == unix.TRACEFS_MAGIC {
 			return nil
 		}
+	}
+	if mounted, err := tracefsMounted(); err != nil || mounted {
+		// Unreadable mountinfo: let the attach report what is missing.
+		return nil
 	}
 	if err := os.MkdirAll(DefaultTracefs, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", DefaultTracefs, err)
@@ -33,4 +39,23 @@ func EnsureTracefs() error {
 		return fmt.Errorf("mount tracefs at %s (needed for use detection; --detect=false runs without): %w", DefaultTracefs, err)
 	}
 	return nil
+}
+
+// tracefsMounted reports whether this mount namespace has tracefs mounted
+// anywhere (a container may bind it somewhere other than /sys).
+func tracefsMounted() (bool, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "... - FSTYPE SOURCE OPTIONS": the type follows the separator.
+		_, after, ok := strings.Cut(sc.Text(), " - ")
+		if ok && strings.HasPrefix(after, "tracefs ") {
+			return true, nil
+		}
+	}
+	return false, sc.Err()
 }
