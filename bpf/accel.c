@@ -634,7 +634,12 @@ static __always_inline __u32 psock_queued(__u64 addr)
  * held at the last reading plus what was redirected since (only this
  * direction's sender queues there), and until bytes[dir] passes
  * backlog_clear[dir] that sum stays within the bound. A receiver that keeps
- * up is read about once per bound's worth of bytes. */
+ * up is read about once per bound's worth of bytes. Two ways past the bound,
+ * both small: threads sending on one socket at once (the kernel enqueues
+ * after the verdict, outside the sender's lock, so a reading can miss one
+ * message per such thread), and a bound lowered since the reading (a smaller
+ * receive buffer, or a restart with a smaller --backlog-bytes), which holds
+ * from the next reading on. */
 static __always_inline int backlog_exceeded(struct ct_entry *e, __u32 dir, struct accel_config *cfg, __u64 size)
 {
 	struct sock *peer = (struct sock *)e->sk[dir ^ 1];
