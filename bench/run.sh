@@ -534,7 +534,7 @@ CSV=$OUT/results.csv
 echo "$CSV_HEADER" >"$CSV"
 START=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-log "mode $RUN_MODE: $REPS baseline/accelerated pairs x ${LEN}s per test and topology; output in $OUT"
+log "mode $RUN_MODE: $REPS rounds of ${MODES[*]} x ${LEN}s per test and topology; output in $OUT"
 
 log "building bench/unixref"
 "$CC" -O2 -Wall -o "$TMPD/unixref" "$BENCH/unixref/unixref.c" || die "cannot build bench/unixref/unixref.c with $CC"
@@ -602,6 +602,9 @@ for topo in "${TOPOLOGIES[@]}"; do
 	for test in "${TESTS[@]}"; do
 		for ((rep = 1; rep <= REPS; rep++)); do
 			for mode in "${MODES[@]}"; do
+				if [[ $mode == prototype ]] && ! kill -0 "$PROTO_PID" 2>/dev/null; then
+					die "bench/proto exited: $(cat "$TMPD/proto.log")"
+				fi
 				run_netperf "$topo" "$test" "$mode" "$rep"
 			done
 		done

@@ -85,11 +85,12 @@ static void write_full(int fd, const char *buf, size_t len)
 	size_t off = 0;
 
 	while (off < len) {
-		ssize_t n = write(fd, buf + off, len - off);
+		/* MSG_NOSIGNAL: a dead peer is an error message, not SIGPIPE. */
+		ssize_t n = send(fd, buf + off, len - off, MSG_NOSIGNAL);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
-			die("write");
+			die("send");
 		off += n;
 	}
 }
