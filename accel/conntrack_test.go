@@ -123,6 +123,38 @@ func TestConntrackChurn(t *testing.T) {
 	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7101")
 	go echo(ln)
 
+	// Meanwhile, read the backlog the way cleanup's drain does: sockets
+	// leaving the sockhash under the walk must not make a read fail.
+	hash, err := ebpf.LoadPinnedMap(filepath.Join(n.pin, "sa_sockhash"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hash.Close()
+	br, err := accel.OpenBacklog(hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+	var reads, readErrs atomic.Int64
+	var firstReadErr atomic.Value
+	stopReads := make(chan struct{})
+	readsDone := make(chan struct{})
+	go func() {
+		defer close(readsDone)
+		for {
+			select {
+			case <-stopReads:
+				return
+			default:
+			}
+			if _, err := br.Read(); err != nil {
+				readErrs.Add(1)
+				firstReadErr.CompareAndSwap(nil, err)
+			}
+			reads.Add(1)
+		}
+	}()
+
 	const total, workers = 20000, 16
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -156,6 +188,15 @@ func TestConntrackChurn(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+	close(stopReads)
+	<-readsDone
+	t.Logf("%d backlog reads during the churn", reads.Load())
+	if reads.Load() == 0 {
+		t.Error("no backlog read completed during the churn")
+	}
+	if readErrs.Load() != 0 {
+		t.Errorf("%d of %d backlog reads failed under churn, first: %v", readErrs.Load(), reads.Load(), firstReadErr.Load())
 	}
 	waitFor(t, "sockhash and conntrack to empty", func() (bool, string) {
 		s := n.status(t)
