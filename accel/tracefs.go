@@ -41,10 +41,10 @@ func EnsureTracefs() error {
 	return nil
 }
 
-// tracefsMounted reports whether this mount namespace has tracefs mounted
+// tracefsMounted reports whether the calling thread's mount namespace has tracefs mounted
 // anywhere (a container may bind it somewhere other than /sys).
 func tracefsMounted() (bool, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	f, err := os.Open("/proc/thread-self/mountinfo")
 	if err != nil {
 		return false, err
 	}
