@@ -118,14 +118,3 @@ func (b *BacklogReader) Read() (Backlog, error) { return b.r.read() }
 
 // Close releases the program.
 func (b *BacklogReader) Close() error { return b.r.Close() }
-
-// ReadBacklog reports the unread redirected bytes held by the sockets in
-// the given sockhash.
-func ReadBacklog(sockhash *ebpf.Map) (Backlog, error) {
-	r, err := newBacklogReader(sockhash)
-	if err != nil {
-		return Backlog{}, err
-	}
-	defer r.Close()
-	return r.read()
-}

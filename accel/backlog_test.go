@@ -6,13 +6,11 @@ import (
 	"bytes"
 	"errors"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/sockaccel/sockaccel/accel"
@@ -74,16 +72,7 @@ func TestBacklogBoundGivesBackpressure(t *testing.T) {
 	}()
 
 	// Sample the receiver's unread redirected bytes while the writer runs.
-	hash, err := ebpf.LoadPinnedMap(filepath.Join(n.pin, "sa_sockhash"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hash.Close()
-	br, err := accel.OpenBacklog(hash)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer br.Close()
+	br := n.backlogReader(t)
 	var maxQueued atomic.Uint64
 	stop := make(chan struct{})
 	sampled := make(chan struct{})

@@ -19,16 +19,28 @@ import (
 
 func (n *node) backlog(t *testing.T) accel.Backlog {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(n.pin, "sa_sockhash"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	b, err := accel.ReadBacklog(m)
+	b, err := n.backlogReader(t).Read()
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// backlogReader opens repeated backlog reads of the node's sockhash, closed
+// when the test ends.
+func (n *node) backlogReader(t *testing.T) *accel.BacklogReader {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(n.pin, "sa_sockhash"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	br, err := accel.OpenBacklog(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { br.Close() })
+	return br
 }
 
 // The trap the teardown is designed around, confirmed on this kernel: a

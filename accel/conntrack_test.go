@@ -125,16 +125,7 @@ func TestConntrackChurn(t *testing.T) {
 
 	// Meanwhile, read the backlog the way cleanup's drain does: sockets
 	// leaving the sockhash under the walk must not make a read fail.
-	hash, err := ebpf.LoadPinnedMap(filepath.Join(n.pin, "sa_sockhash"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hash.Close()
-	br, err := accel.OpenBacklog(hash)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer br.Close()
+	br := n.backlogReader(t)
 	var reads, readErrs atomic.Int64
 	var firstReadErr atomic.Value
 	stopReads := make(chan struct{})
