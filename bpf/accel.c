@@ -352,6 +352,15 @@ static __always_inline void gc_wake(void)
 		bpf_ringbuf_output(&sa_gc_wake, &event, sizeof(event), 0);
 }
 
+/* What a conntrack entry knows of one local end. */
+static __always_inline void ct_set_side(struct ct_entry *e, __u32 side, __u64 cookie, __u64 cgroup_id,
+					struct bpf_sock *sk)
+{
+	e->cookie[side] = cookie;
+	e->cgroup_id[side] = cgroup_id;
+	e->sk[side] = (__u64)(unsigned long)sk;
+}
+
 /* Records this end in its connection's conntrack entry and asks for the
  * state callback that removes the entry at TCP_CLOSE. */
 static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock *sk, struct sock *ks,
@@ -370,9 +379,7 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 		struct ct_entry fresh = {};
 
 		fresh.established_ns = bpf_ktime_get_ns();
-		fresh.cookie[side] = cookie;
-		fresh.cgroup_id[side] = cgroup_id;
-		fresh.sk[side] = (__u64)(unsigned long)sk;
+		ct_set_side(&fresh, side, cookie, cgroup_id, sk);
 		if (state->flags & SOCK_F_NO_INGRESS)
 			fresh.off = 1U << (side ^ 1);
 		err = bpf_map_update_elem(&sa_conntrack, &state->ct_key, &fresh, BPF_NOEXIST);
@@ -390,9 +397,7 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 		if (!e)
 			return;
 	}
-	e->cookie[side] = cookie;
-	e->cgroup_id[side] = cgroup_id;
-	e->sk[side] = (__u64)(unsigned long)sk;
+	ct_set_side(e, side, cookie, cgroup_id, sk);
 	if (state->flags & SOCK_F_NO_INGRESS)
 		__sync_fetch_and_or(&e->off, 1U << (side ^ 1));
 tracked:
