@@ -14,20 +14,11 @@ import (
 // DefaultTracefs is where systemd (sys-kernel-tracing.mount) mounts tracefs.
 const DefaultTracefs = "/sys/kernel/tracing"
 
-// legacyTracefs is tracefs reached through debugfs, which the loader also accepts.
-const legacyTracefs = "/sys/kernel/debug/tracing"
-
 // EnsureTracefs makes sure the syscall tracepoints the use detector attaches
 // to can be looked up: if tracefs is mounted nowhere (the loader finds it
 // wherever it is), it is mounted at /sys/kernel/tracing, as systemd does at
 // boot. The mount is left in place: it is the system's, not ours.
 func EnsureTracefs() error {
-	for _, dir := range []string{DefaultTracefs, legacyTracefs} {
-		var st unix.Statfs_t
-		if err := unix.Statfs(dir, &st); err == nil && uint32(st.Type) == unix.TRACEFS_MAGIC {
-			return nil
-		}
-	}
 	if mounted, err := tracefsMounted(); err != nil || mounted {
 		// Unreadable mountinfo: let the attach report what is missing.
 		return nil
