@@ -37,7 +37,7 @@ function add(key, v) {
 # round_ratio is the median over rounds of mode a's throughput over mode b's
 # in the same round: runs of one round are seconds apart, so a drift of the
 # host's speed between rounds cancels out of it.
-function round_ratio(topo, test, a, b,    r, key, n) {
+function round_ratio(topo, test, a, b,    r, key) {
 	key = "rr" SUBSEP topo SUBSEP test SUBSEP a SUBSEP b
 	for (r = 1; r <= maxrep; r++)
 		if (((topo, test, a, r) in T) && ((topo, test, b, r) in T) && T[topo, test, b, r] > 0)
