@@ -22,6 +22,8 @@ generate:
 
 check-generate: generate
 	git diff --exit-code -- accel/ bench/proto/ || { echo "generated BPF bindings are stale: run make generate and commit" >&2; exit 1; }
+	@untracked=$$(git status --porcelain --ignored=matching -- '*_bpfel.o' '*_bpfel.go'); \
+	if [ -n "$$untracked" ]; then echo "generated BPF files not committed (a fresh clone cannot build):"; echo "$$untracked"; exit 1; fi
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sockaccel
