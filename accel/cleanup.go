@@ -15,22 +15,27 @@ import (
 	"go.uber.org/zap"
 )
 
-// DefaultDrainTimeout bounds how long Cleanup waits for applications to read
-// the bytes already redirected to them.
+// DefaultDrainTimeout bounds how long Cleanup waits for accelerated
+// connections to close (with Force: for their redirected bytes to be read).
 const DefaultDrainTimeout = 30 * time.Second
 
 // CleanupOptions tune Cleanup.
 type CleanupOptions struct {
-	// DrainTimeout bounds the wait for redirected bytes to be read.
+	// DrainTimeout bounds the wait for accelerated connections to close
+	// (with Force, for redirected bytes to be read).
 	DrainTimeout time.Duration
-	// Force removes the sockets even if they still hold unread redirected
-	// bytes, which the kernel then frees: those bytes are lost.
+	// Force takes live connections off the fast path instead of waiting
+	// for them to close: redirects stop at once, and after DrainTimeout
+	// the sockets are removed even if their applications have not read
+	// every redirected byte (the kernel frees those). A blocking reader
+	// asleep in recv while this happens can see one EAGAIN.
 	Force bool
 }
 
-// ErrDrainTimeout is returned when sockets still held unread redirected bytes
-// at the end of the drain; nothing was lost and acceleration stays off.
-var ErrDrainTimeout = errors.New("redirected bytes still unread")
+// ErrDrainTimeout is returned when accelerated connections were still open
+// at the end of the wait (with Force: sockets still held unread redirected
+// bytes). Nothing was removed and those connections keep working.
+var ErrDrainTimeout = errors.New("accelerated connections still open")
 
 // pinnedMaps lists every map the BPF object pins by name.
 func pinnedMaps() ([]string, error) {
@@ -47,18 +52,26 @@ func pinnedMaps() ([]string, error) {
 	return names, nil
 }
 
-// Cleanup stops acceleration without losing a byte and removes everything
-// sockaccel pinned in pinDir. It is idempotent: a missing pin dir is not an
-// error.
+// Cleanup stops acceleration without any application noticing and removes
+// everything sockaccel pinned in pinDir. It is idempotent: a missing pin dir
+// is not an error.
 //
-// The order matters. When a socket leaves the SOCKHASH, the kernel drops its
-// psock and frees every redirected message still queued for the application
-// (sk_psock_drop -> sk_psock_stop), and freeing the map removes every socket
-// at once. So: stop new entries and redirects (sends take the TCP path from
-// here on, behind the redirected bytes, which the receiver reads first),
-// detach sock_ops, wait until no socket holds unread redirected bytes, and
-// only then detach sk_msg and drop the pins. If the wait times out the pins
-// stay, redirects stay off, and ErrDrainTimeout says how much is unread.
+// No live connection is moved off the fast path. Switching one to TCP under
+// its application is what applications notice: tcp_bpf_recvmsg, the receive
+// path of every socket in a sockhash, ends a blocking reader's wait on any
+// wake-up and returns EAGAIN when nothing is queued, and the TCP sends of a
+// switched connection wake the readers of their own socket whenever send
+// buffer space frees up. Removing a socket from the sockhash early is no
+// better: the kernel frees the redirected bytes still queued for it
+// (sk_psock_drop -> sk_psock_stop).
+//
+// So Cleanup stops putting new connections in the sockhash, leaves the
+// existing ones on the fast path, and waits until their applications have
+// closed them all (the kernel unlinks a socket when it is closed). Only an
+// empty sockhash is torn down. If connections are still open after
+// DrainTimeout, everything stays in place, they keep working, and
+// ErrDrainTimeout says how many there are; opts.Force takes them off the
+// fast path instead.
 func Cleanup(pinDir string, log *zap.Logger) error {
 	return CleanupWith(context.Background(), pinDir, log, CleanupOptions{DrainTimeout: DefaultDrainTimeout})
 }
@@ -70,27 +83,27 @@ func CleanupWith(ctx context.Context, pinDir string, log *zap.Logger, opts Clean
 	}
 	var errs []error
 
-	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaConfig), nil); err == nil {
-		var cfg accelAccelConfig
-		if err := m.Lookup(uint32(0), &cfg); err != nil {
-			errs = append(errs, fmt.Errorf("read config: %w", err))
-		}
-		cfg.Flags |= uint32(accelConfigFlagsCONFIG_F_NO_NEW | accelConfigFlagsCONFIG_F_NO_REDIRECT)
-		if err := m.Put(uint32(0), cfg); err != nil {
-			errs = append(errs, fmt.Errorf("disable redirects: %w", err))
-		}
-		m.Close()
+	stop := accelConfigFlagsCONFIG_F_NO_NEW
+	if opts.Force {
+		stop |= accelConfigFlagsCONFIG_F_NO_REDIRECT
 	}
-
-	// sock_ops and setsockopt first: no new sockets.
-	errs = append(errs, detachLinks(pinDir, log, func(name string) bool { return name == "sockops" || name == "setsockopt" })...)
+	if err := setConfigFlags(pinDir, stop); err != nil {
+		errs = append(errs, err)
+	}
 
 	hashPath := filepath.Join(pinDir, accelMapSaSockhash)
 	hash, err := ebpf.LoadPinnedMap(hashPath, nil)
 	switch {
 	case err == nil:
 		defer hash.Close()
-		if err := drain(ctx, hash, log, opts); err != nil {
+		if opts.Force {
+			// sock_ops and setsockopt first: no new sockets.
+			errs = append(errs, detachLinks(pinDir, log, func(name string) bool { return name == "sockops" || name == "setsockopt" })...)
+			err = drain(ctx, hash, log, opts)
+		} else {
+			err = waitClosed(ctx, hash, pinDir, log, opts.DrainTimeout)
+		}
+		if err != nil {
 			return errors.Join(append(errs, err)...)
 		}
 	case !errors.Is(err, os.ErrNotExist):
@@ -132,6 +145,76 @@ func CleanupWith(ctx context.Context, pinDir string, log *zap.Logger, opts Clean
 	}
 	return errors.Join(errs...)
 }
+
+// setConfigFlags sets flags in the pinned config, leaving the others.
+func setConfigFlags(pinDir string, flags accelConfigFlags) error {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaConfig), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load pinned config: %w", err)
+	}
+	defer m.Close()
+	var cfg accelAccelConfig
+	if err := m.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	cfg.Flags |= uint32(flags)
+	if err := m.Put(uint32(0), cfg); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
+// closeSettle is how long the sockhash must stay empty, with sock_ops
+// detached, before it is torn down: a socket whose establishment callback
+// read the config just before new entries were stopped may still be
+// inserting itself.
+const closeSettle = 50 * time.Millisecond
+
+// waitClosed waits until no socket is left in the sockhash, detaching
+// sock_ops and setsockopt once it first finds it empty.
+func waitClosed(ctx context.Context, hash *ebpf.Map, pinDir string, log *zap.Logger, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	detached, logged := false, false
+	for {
+		n, err := countKeys(hash)
+		if err != nil {
+			return fmt.Errorf("count sockets in the sockhash: %w", err)
+		}
+		if n == 0 {
+			if detached {
+				if logged {
+					log.Info("accelerated connections closed")
+				}
+				return nil
+			}
+			if errs := detachLinks(pinDir, log, func(name string) bool { return name == "sockops" || name == "setsockopt" }); len(errs) > 0 {
+				return errors.Join(errs...)
+			}
+			detached = true
+		} else if !logged {
+			log.Info("waiting for accelerated connections to close; they stay on the fast path meanwhile, and new ones are not accelerated",
+				zap.Uint64("sockets", n), zap.Duration("timeout", timeout))
+			logged = true
+		}
+		if n != 0 && time.Now().After(deadline) {
+			return fmt.Errorf("%w: %d accelerated sockets still open after %s; they keep working on the fast path, new connections are not accelerated, and nothing was removed: run cleanup again once they have closed, raise --timeout, or use --force to move them to TCP now",
+				ErrDrainTimeout, n, timeout)
+		}
+		wait := 20 * time.Millisecond
+		if detached {
+			wait = closeSettle
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
 
 // detachLinks detaches, unpins and closes the pinned links in pinDir/links
 // whose names match, even if a running daemon still holds them open.

@@ -5,6 +5,8 @@ package accel_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -95,7 +97,16 @@ func TestKernelFreesQueuedBytesWhenSocketLeavesSockhash(t *testing.T) {
 	}
 }
 
+// Cleanup while Go streams run with redirected bytes queued: graceful
+// cleanup waits for the streams to end, --force moves them to TCP at once;
+// either way every byte arrives in order.
 func TestCleanupUnderLoadLosesNothing(t *testing.T) {
+	for _, force := range []bool{false, true} {
+		t.Run(fmt.Sprintf("force=%v", force), func(t *testing.T) { cleanupUnderLoad(t, force) })
+	}
+}
+
+func cleanupUnderLoad(t *testing.T, force bool) {
 	n := newNode(t, nil)
 	tc := newTwoContainers(t, 221)
 	ln := n.in(tc.server).Listen(t, "tcp4", "10.221.0.2:7202")
@@ -109,7 +120,7 @@ func TestCleanupUnderLoadLosesNothing(t *testing.T) {
 	})
 	queued := n.backlog(t)
 	start := time.Now()
-	if err := accel.CleanupWith(context.Background(), n.pin, zap.NewNop(), accel.CleanupOptions{DrainTimeout: time.Minute}); err != nil {
+	if err := accel.CleanupWith(context.Background(), n.pin, zap.NewNop(), accel.CleanupOptions{DrainTimeout: time.Minute, Force: force}); err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}
 	t.Logf("cleanup with %d bytes queued on %d sockets drained in %s", queued.Bytes, queued.Sockets, time.Since(start).Round(time.Millisecond))
@@ -136,9 +147,10 @@ func TestCleanupUnderLoadLosesNothing(t *testing.T) {
 	}
 }
 
-// A reader that does not read holds cleanup back, with nothing lost; once
-// it reads, a second cleanup completes.
-func TestCleanupWaitsForUnreadBytes(t *testing.T) {
+// An open connection holds cleanup back with everything in place: it stays
+// on the fast path and loses nothing, new connections are not accelerated,
+// and once it closes a second cleanup completes.
+func TestCleanupWaitsForOpenConnections(t *testing.T) {
 	n := newNode(t, nil)
 	ns := testenv.NewNetns(t)
 	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7203")
@@ -149,26 +161,79 @@ func TestCleanupWaitsForUnreadBytes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Client.CloseWrite()
 
 	err = accel.CleanupWith(context.Background(), n.pin, zap.NewNop(), accel.CleanupOptions{DrainTimeout: 300 * time.Millisecond})
 	if !errors.Is(err, accel.ErrDrainTimeout) {
-		t.Fatalf("cleanup with an unread 2 MiB: %v, want ErrDrainTimeout", err)
+		t.Fatalf("cleanup with a connection open: %v, want ErrDrainTimeout", err)
 	}
 	t.Logf("cleanup said: %v", err)
 	if _, err := os.Stat(filepath.Join(n.pin, "sa_sockhash")); err != nil {
-		t.Fatalf("sockhash unpinned although bytes were unread: %v", err)
+		t.Fatalf("sockhash unpinned although a connection was open: %v", err)
 	}
 
+	// The open connection keeps its fast path, in order, with nothing lost.
+	before := n.stats(t)
+	more, err := testenv.WriteStream(p.Client, 1<<20, 4, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Client.CloseWrite()
+	if after := n.stats(t); after.RedirectedBytes-before.RedirectedBytes != 1<<20 {
+		t.Errorf("after a timed-out cleanup the open connection redirected %d of 1 MiB", after.RedirectedBytes-before.RedirectedBytes)
+	}
 	p.Server.SetReadDeadline(time.Now().Add(10 * time.Second))
-	got, err := testenv.ReadStream(p.Server)
+	got, err := testenv.ReadStream(io.LimitReader(p.Server, sent.N))
 	if err != nil || got != sent {
 		t.Fatalf("after a timed-out cleanup: sent %v, got %v, err %v", sent, got, err)
 	}
-	if err := accel.CleanupWith(context.Background(), n.pin, zap.NewNop(), accel.CleanupOptions{DrainTimeout: time.Second}); err != nil {
+	if got, err := testenv.ReadStream(p.Server); err != nil || got != more {
+		t.Fatalf("sent after the timed-out cleanup %v, got %v, err %v", more, got, err)
+	}
+
+	// New connections are no longer accelerated.
+	fresh := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7203", 1)
+	if s := n.stats(t); s.Disabled != 2 {
+		t.Errorf("disabled %d: want both ends of the new connection left on TCP", s.Disabled)
+	}
+	fresh[0].Client.Close()
+	fresh[0].Server.Close()
+
+	p.Client.Close()
+	p.Server.Close()
+	if err := accel.CleanupWith(context.Background(), n.pin, zap.NewNop(), accel.CleanupOptions{DrainTimeout: 5 * time.Second}); err != nil {
 		t.Fatalf("second cleanup: %v", err)
 	}
 	if _, err := os.Stat(n.pin); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin dir still there after the second cleanup")
+	}
+}
+
+// --force moves open connections to TCP instead of waiting for them to
+// close, waits up to its timeout for redirected bytes to be read, and then
+// removes everything even though a reader has not read them (the kernel
+// frees them once the map goes: TestKernelFreesQueuedBytesWhenSocketLeavesSockhash).
+func TestCleanupForceRemovesDespiteUnreadBytes(t *testing.T) {
+	n := newNode(t, nil)
+	ns := testenv.NewNetns(t)
+	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7204")
+	p := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7204", 1)[0]
+	defer p.Client.Close()
+	defer p.Server.Close()
+	if _, err := testenv.WriteStream(p.Client, 2<<20, 3, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	p.Client.CloseWrite()
+	if s := n.stats(t); s.RedirectedBytes != 2<<20 {
+		t.Fatalf("redirected %d bytes, want the 2 MiB queued at the reader", s.RedirectedBytes)
+	}
+	// As after the daemon stopped: only the pins hold the maps.
+	n.acc.Close()
+
+	force := accel.CleanupOptions{DrainTimeout: 300 * time.Millisecond, Force: true}
+	if err := accel.CleanupWith(context.Background(), n.pin, zap.NewNop(), force); err != nil {
+		t.Fatalf("forced cleanup: %v", err)
+	}
+	if _, err := os.Stat(n.pin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin dir still there after the forced cleanup")
 	}
 }

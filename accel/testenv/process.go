@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -56,12 +57,58 @@ func (e Endpoint) command(t testing.TB, args ...string) (*exec.Cmd, func()) {
 // Process is a program a test started; it is killed at cleanup.
 type Process struct {
 	Cmd    *exec.Cmd
-	output bytes.Buffer
+	output lockedBuffer
 	done   chan error
+}
+
+// lockedBuffer lets a test read what a process wrote while it still writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // Output is what the process wrote to stdout and stderr so far.
 func (p *Process) Output() string { return p.output.String() }
+
+// Wait waits for the process to exit and returns how it ended; a process
+// still running after timeout is killed and reported as stalled.
+func (p *Process) Wait(timeout time.Duration) error {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	case <-time.After(timeout):
+		syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+		return fmt.Errorf("%s: still running after %s (stalled?)", p.Cmd.Path, timeout)
+	}
+}
+
+// WaitOutput waits until the process has written want (a server saying it
+// listens, say); it fails the test if the process exits or takes too long.
+func (p *Process) WaitOutput(t testing.TB, want string) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if strings.Contains(p.Output(), want) {
+			return
+		}
+		if done, err := p.Exited(); done {
+			t.Fatalf("%s exited (%v) before writing %q: %s", p.Cmd.Path, err, want, p.Output())
+		}
+	}
+	t.Fatalf("%s did not write %q: %s", p.Cmd.Path, want, p.Output())
+}
 
 // Start runs a long-lived program (a server) in e until the test ends.
 func (e Endpoint) Start(t testing.TB, args ...string) *Process {

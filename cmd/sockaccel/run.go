@@ -31,8 +31,8 @@ func runDaemon(args []string) error {
 	learnSplice := fs.Bool("learn-splice", true, "when an application's splice stalls on an accelerated connection, exclude that connection's server port from then on")
 	conservative := fs.Bool("conservative", false, "leave connections whose connect()ing socket is blocking on TCP (a blocking recv after its own shutdown(SHUT_WR) can otherwise see EAGAIN)")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "listen address for /metrics, /status, /conns and /healthz; empty disables")
-	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating and remove the pins, after applications read what was already redirected")
-	cleanupTimeout := fs.Duration("cleanup-timeout", accel.DefaultDrainTimeout, "with --cleanup-on-exit: how long to wait for redirected bytes to be read")
+	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating new connections and remove the pins once the accelerated ones have closed")
+	cleanupTimeout := fs.Duration("cleanup-timeout", accel.DefaultDrainTimeout, "with --cleanup-on-exit: how long to wait for accelerated connections to close (then everything stays in place)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -52,8 +52,8 @@ func runStatus(args []string) error {
 func runCleanup(args []string) error {
 	fs := newFlagSet("cleanup")
 	pinDir := fs.String("pin-dir", accel.DefaultPinDir, "bpffs directory sockaccel pins into")
-	timeout := fs.Duration("timeout", accel.DefaultDrainTimeout, "how long to wait for applications to read bytes already redirected to them")
-	force := fs.Bool("force", false, "remove sockets even if they hold unread redirected bytes (those bytes are lost)")
+	timeout := fs.Duration("timeout", accel.DefaultDrainTimeout, "how long to wait for accelerated connections to close (with --force: for redirected bytes to be read)")
+	force := fs.Bool("force", false, "move open connections to TCP now instead of waiting for them to close, and remove sockets even if they hold unread redirected bytes (those bytes are lost; a blocking reader can see one EAGAIN)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

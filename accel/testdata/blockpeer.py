@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Blocking-socket peers for sockaccel's transition tests.
+
+Written the way many Python, Ruby, PHP and C servers are: one thread per
+connection, plain blocking recv/sendall, no timeouts, no O_NONBLOCK. Go's
+runtime never sleeps inside recv(2), so only a program like this one can see
+what a blocking reader sees when a connection changes path under it.
+
+  blockpeer.py echo ADDR PORT CONNS
+      Accept CONNS connections; echo each one back until EOF. Prints
+      "listening", then one line per connection, "ok BYTES" or
+      "error ERRNO-NAME after BYTES".
+  blockpeer.py duplex HOST PORT CONNS BYTES
+      Open CONNS connections; on each, one thread sends BYTES of a seeded
+      stream and shuts down writing while another reads the echo and
+      checks it. Prints one line per connection, "ok BYTES" or
+      "error WHAT after BYTES".
+
+Exit status 0 only if every connection said ok.
+"""
+
+import errno
+import hashlib
+import socket
+import sys
+import threading
+
+CHUNK = 64 << 10
+
+
+def pattern(seed, size):
+    """A deterministic stream, cheap to generate and to check."""
+    block = hashlib.sha256(str(seed).encode()).digest() * (CHUNK // 32)
+    full, rest = divmod(size, CHUNK)
+    for _ in range(full):
+        yield block
+    if rest:
+        yield block[:rest]
+
+
+def err_name(e):
+    return errno.errorcode.get(e.errno, str(e.errno)) if isinstance(e, OSError) and e.errno else repr(e)
+
+
+def echo(addr, port, conns):
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    ln = socket.socket(family, socket.SOCK_STREAM)
+    ln.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ln.bind((addr, port))
+    ln.listen(conns)
+    print("listening", flush=True)
+    results = []
+    lock = threading.Lock()
+
+    def serve(c):
+        total = 0
+        try:
+            while True:
+                data = c.recv(CHUNK)
+                if not data:
+                    break
+                c.sendall(data)
+                total += len(data)
+            line = "ok %d" % total
+        except OSError as e:
+            line = "error %s after %d" % (err_name(e), total)
+        c.close()
+        with lock:
+            results.append(line)
+            print(line, flush=True)
+
+    threads = []
+    for _ in range(conns):
+        c, _ = ln.accept()
+        t = threading.Thread(target=serve, args=(c,))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    return all(r.startswith("ok") for r in results)
+
+
+def duplex(host, port, conns, size):
+    results = []
+    lock = threading.Lock()
+
+    def run(i):
+        got = 0
+        try:
+            s = socket.create_connection((host, port))
+        except OSError as e:
+            with lock:
+                results.append("error connect %s" % err_name(e))
+            return
+        send_err = []
+
+        def send():
+            try:
+                for block in pattern(i, size):
+                    s.sendall(block)
+                s.shutdown(socket.SHUT_WR)
+            except OSError as e:
+                send_err.append("send %s" % err_name(e))
+
+        w = threading.Thread(target=send)
+        w.start()
+        h = hashlib.sha256()
+        line = None
+        try:
+            while True:
+                data = s.recv(CHUNK)
+                if not data:
+                    break
+                h.update(data)
+                got += len(data)
+        except OSError as e:
+            line = "error recv %s after %d" % (err_name(e), got)
+        w.join()
+        s.close()
+        if line is None and send_err:
+            line = "error %s after %d" % (send_err[0], got)
+        if line is None:
+            want = hashlib.sha256()
+            for block in pattern(i, size):
+                want.update(block)
+            if got != size:
+                line = "error short %d of %d" % (got, size)
+            elif h.digest() != want.digest():
+                line = "error corrupt %d bytes" % got
+            else:
+                line = "ok %d" % got
+        with lock:
+            results.append(line)
+            print(line, flush=True)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(results) == conns and all(r.startswith("ok") for r in results)
+
+
+def main():
+    mode = sys.argv[1]
+    if mode == "echo":
+        ok = echo(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif mode == "duplex":
+        ok = duplex(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        sys.exit("unknown mode " + mode)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
