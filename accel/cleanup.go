@@ -215,7 +215,6 @@ func waitClosed(ctx context.Context, hash *ebpf.Map, pinDir string, log *zap.Log
 	}
 }
 
-
 // detachLinks detaches, unpins and closes the pinned links in pinDir/links
 // whose names match, even if a running daemon still holds them open.
 func detachLinks(pinDir string, log *zap.Logger, match func(string) bool) []error {
