@@ -49,6 +49,8 @@ type accelAccelStats struct {
 	OffOob          uint64
 	SpliceStalled   uint64
 	ExcludedCgroup  uint64
+	RcvlowatLowered uint64
+	OobMisread      uint64
 }
 
 type accelCidrKey struct {
@@ -78,6 +80,9 @@ type accelCtEntry struct {
 	Bytes         [2]uint64
 	Sk            [2]uint64
 	BacklogClear  [2]uint64
+	TuneNs        [2]uint64
+	TuneConsumed  [2]uint64
+	Bound         [2]uint32
 	Closed        uint32
 	Off           uint32
 }

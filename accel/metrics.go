@@ -60,6 +60,8 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`reason="waitall"`, s.OffWaitall},
 		sample{`reason="oob"`, s.OffOOB})
 	metric("sockaccel_splice_stalled_total", "counter", "Sockets an application spliced from while redirected bytes were unread (splice cannot return them: exclude that port or cgroup).", one(s.SpliceStalled))
+	metric("sockaccel_rcvlowat_lowered_total", "counter", "SO_RCVLOWAT calls on sockets that had bytes redirected into them, applied as 1 so that no wait depends on those bytes.", one(s.RcvlowatLowered))
+	metric("sockaccel_oob_misread_total", "counter", "recv(MSG_OOB) calls on sockets holding redirected bytes, which returned an ordinary byte instead of the urgent one (that service's port is excluded from then on with --learn-splice).", one(s.OOBMisread))
 	metric("sockaccel_directions_resumed_total", "counter", "Directions back on the fast path after the receiver read every byte that went through TCP.", one(s.Resumed))
 	metric("sockaccel_conntrack_closed_total", "counter", "Conntrack entries removed, by what removed them.",
 		sample{`by="close_callback"`, s.ClosedDirect},

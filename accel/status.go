@@ -74,6 +74,12 @@ type Stats struct {
 	// Sockets spliced from while redirected bytes were unread: those
 	// connections stall (see the README's compatibility matrix).
 	SpliceStalled uint64 `json:"splice_stalled"`
+	// SO_RCVLOWAT set on a socket that had bytes redirected into it,
+	// applied as 1 so that no wait depends on those bytes.
+	RcvlowatLowered uint64 `json:"rcvlowat_lowered"`
+	// recv(MSG_OOB) calls on a socket holding redirected bytes: they
+	// returned the first of those instead of the urgent byte.
+	OOBMisread uint64 `json:"oob_misread"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -210,6 +216,8 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.OffOOB += c.OffOob
 		s.SpliceStalled += c.SpliceStalled
 		s.ExcludedCgroup += c.ExcludedCgroup
+		s.RcvlowatLowered += c.RcvlowatLowered
+		s.OOBMisread += c.OobMisread
 	}
 	return s, nil
 }

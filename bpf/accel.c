@@ -66,7 +66,17 @@ struct task_struct {
 typedef struct {
 	__s64 counter;
 } atomic64_t;
+struct netns_ipv4 {
+	int sysctl_tcp_rmem[3];
+} __attribute__((preserve_access_index));
+struct net {
+	struct netns_ipv4 ipv4;
+} __attribute__((preserve_access_index));
+typedef struct {
+	struct net *net;
+} __attribute__((preserve_access_index)) possible_net_t;
 struct sock_common {
+	possible_net_t skc_net;
 	__u16 skc_dport; /* network byte order */
 	__u16 skc_num;   /* host byte order */
 	atomic64_t skc_cookie; /* 0 until first asked for; sock_ops asked */
@@ -630,9 +640,64 @@ static __always_inline __u32 psock_queued(__u64 addr)
 	return queued;
 }
 
+/* How far back the bound's autotuning looks: a receiver may queue what it
+ * consumed in this much time, the way TCP grows a receive buffer to what its
+ * application reads per round trip. Long enough to cover a reader that is
+ * scheduled out for a few ticks. */
+#define BACKLOG_TUNE_WINDOW_NS (10 * 1000 * 1000ULL)
+/* Samples closer together than this say too little about a reader's pace. */
+#define BACKLOG_TUNE_MIN_NS (1000 * 1000ULL)
+
+/* The default bound on one direction's unread redirected bytes, autotuned
+ * like TCP's receive buffer: what the receiver consumed over the last
+ * BACKLOG_TUNE_WINDOW_NS, at least its receive buffer (where TCP autotuning
+ * starts, or what SO_RCVBUF set) and at most its namespace's
+ * net.ipv4.tcp_rmem[2] (where autotuning stops). A slow reader so holds
+ * about what TCP would let it hold, and a fast one gets room to keep the
+ * sender on the fast path. Sampled only when the backlog is read. */
+static __always_inline __u64 backlog_bound(struct ct_entry *e, __u32 dir, struct accel_config *cfg,
+					   struct sock *peer, __u64 queued)
+{
+	struct net *net = NULL;
+	int rcvbuf = 0, rmem_max = 0;
+	__u64 floor, ceiling, consumed, now, elapsed, want;
+
+	if (bpf_probe_read_kernel(&rcvbuf, sizeof(rcvbuf), &peer->sk_rcvbuf) || rcvbuf <= 0)
+		rcvbuf = 0;
+	if (bpf_probe_read_kernel(&net, sizeof(net), &peer->__sk_common.skc_net.net) || !net ||
+	    bpf_probe_read_kernel(&rmem_max, sizeof(rmem_max), &net->ipv4.sysctl_tcp_rmem[2]) || rmem_max <= 0)
+		rmem_max = cfg->rcvbuf_max;
+	floor = (__u32)rcvbuf;
+	ceiling = (__u32)rmem_max;
+	if (ceiling < floor)
+		ceiling = floor;
+
+	consumed = e->bytes[dir] - queued;
+	now = bpf_ktime_get_ns();
+	elapsed = now - e->tune_ns[dir];
+	if (!e->tune_ns[dir] || consumed < e->tune_consumed[dir]) {
+		e->tune_ns[dir] = now;
+		e->tune_consumed[dir] = consumed;
+		e->bound[dir] = floor;
+	} else if (elapsed >= BACKLOG_TUNE_MIN_NS) {
+		/* Like TCP's receive buffer, the bound only grows: a reader
+		 * that once kept pace may do so again. */
+		want = (consumed - e->tune_consumed[dir]) * BACKLOG_TUNE_WINDOW_NS / elapsed;
+		if (want > e->bound[dir])
+			e->bound[dir] = want > ceiling ? ceiling : want;
+		e->tune_ns[dir] = now;
+		e->tune_consumed[dir] = consumed;
+	}
+	if (e->bound[dir] < floor)
+		return floor;
+	return e->bound[dir] > ceiling ? ceiling : e->bound[dir];
+}
+
 /* Whether queueing size more bytes at the receiver would exceed the bound.
  * The receiver's unread redirected bytes are its psock's msg_tot_len, the
- * kernel's own accounting, read through BTF.
+ * kernel's own accounting, read through BTF. A receiver holding nothing
+ * takes one message whatever its size, as TCP takes one write into an
+ * empty send buffer.
  *
  * Those reads cost more than the rest of a redirect, so they happen only when
  * the answer could be yes: what the receiver holds now is at most what it
@@ -648,24 +713,20 @@ static __always_inline __u32 psock_queued(__u64 addr)
 static __always_inline int backlog_exceeded(struct ct_entry *e, __u32 dir, struct accel_config *cfg, __u64 size)
 {
 	struct sock *peer = (struct sock *)e->sk[dir ^ 1];
-	int rcvbuf = 0;
 	__u64 bound, queued;
 
 	if (!peer)
 		return 0;
 	if (e->bytes[dir] + size <= e->backlog_clear[dir])
 		return 0;
-	bound = cfg->backlog_bytes;
-	if (!bound) {
-		if (bpf_probe_read_kernel(&rcvbuf, sizeof(rcvbuf), &peer->sk_rcvbuf) || rcvbuf <= 0)
-			return 0;
-		bound = (__u32)rcvbuf > cfg->rcvbuf_max ? (__u32)rcvbuf : cfg->rcvbuf_max;
-	}
 	queued = psock_queued(e->sk[dir ^ 1]);
-	if (queued + size > bound)
+	bound = cfg->backlog_bytes;
+	if (!bound)
+		bound = backlog_bound(e, dir, cfg, peer, queued);
+	if (queued && queued + size > bound)
 		return 1;
 	/* Written by this direction's sender only, under its socket lock. */
-	e->backlog_clear[dir] = e->bytes[dir] + bound - queued;
+	e->backlog_clear[dir] = e->bytes[dir] + (bound > queued ? bound - queued : 0);
 	return 0;
 }
 
@@ -814,6 +875,40 @@ static __always_inline int direction_off(struct ct_entry *e, __u32 dir)
 	return !(__sync_fetch_and_or(&e->off, bit) & bit);
 }
 
+/* SO_RCVLOWAT counts only the TCP receive queue: bytes redirected into the
+ * socket before the mark was set are read first but never count towards it,
+ * so a reader waiting for the mark could wait for bytes that already came
+ * (a blocking recv, poll, select: a hang). Once anything was redirected into
+ * the socket (some of it may still be queued, or on its way from a send whose
+ * verdict came before this call), the mark is applied as 1: reads and poll
+ * then return as soon as any byte is there, which a reader must handle
+ * anyway, and never wait for bytes that went elsewhere. Before the first
+ * redirected byte the mark is applied as asked, and nothing is ever
+ * redirected into the socket from then on. */
+static __always_inline void lower_rcvlowat(struct bpf_sockopt *ctx, struct bpf_sock *sk, struct sock_state *state,
+					   struct ct_entry *e, struct accel_stats *st)
+{
+	int *val = ctx->optval;
+	int received;
+
+	if (ctx->optlen < (int)sizeof(int) || (void *)(val + 1) > ctx->optval_end || *val <= 1)
+		return;
+	if (e) {
+		received = e->bytes[(state->side & 1) ^ 1] != 0;
+	} else {
+		/* Untracked: with --conntrack=false whether it was put in the
+		 * sockhash (nothing counts what reached it); otherwise nothing
+		 * is ever redirected into an untracked socket. */
+		struct accel_config *cfg = config();
+
+		received = cfg && (cfg->flags & CONFIG_F_NO_CONNTRACK) && state->peer.local_port;
+	}
+	if (!received)
+		return;
+	*val = 1;
+	__sync_fetch_and_add(&st->rcvlowat_lowered, 1);
+}
+
 /* Socket options whose semantics the redirect path does not honour, seen
  * before the first redirected byte when set early. SO_RCVLOWAT (poll
  * ignores it on the redirect queue) keeps redirected bytes out of the
@@ -846,18 +941,22 @@ int sockaccel_setsockopt(struct bpf_sockopt *ctx)
 	else
 		return 1;
 	state = bpf_sk_storage_get(&sa_sock_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!state || (state->flags & mark) == mark)
+	if (!state)
+		return 1;
+	e = NULL;
+	if (state->flags & SOCK_F_TRACKED)
+		e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
+	if (mark == SOCK_F_NO_INGRESS)
+		lower_rcvlowat(ctx, sk, state, e, st);
+	if ((state->flags & mark) == mark)
 		return 1;
 	state->flags |= mark;
 	__sync_fetch_and_add(&st->off_setsockopt, 1);
-	if (state->flags & SOCK_F_TRACKED) {
-		e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
-		if (e) {
-			if (mark & SOCK_F_NO_INGRESS)
-				direction_off(e, (state->side & 1) ^ 1);
-			if (mark & SOCK_F_TCP_PATH)
-				direction_off(e, state->side & 1);
-		}
+	if (e) {
+		if (mark & SOCK_F_NO_INGRESS)
+			direction_off(e, (state->side & 1) ^ 1);
+		if (mark & SOCK_F_TCP_PATH)
+			direction_off(e, state->side & 1);
 	}
 	return 1;
 }

@@ -60,6 +60,12 @@ struct ct_entry {
 	/* Per direction: up to which value of bytes[dir] the receiver's
 	 * backlog is known to stay within the bound (see backlog_exceeded). */
 	__u64 backlog_clear[2];
+	/* Per direction, the bound's autotuning (see backlog_bound): when the
+	 * receiver's consumption was last sampled, what it had consumed then,
+	 * and the bound that sample gave. */
+	__u64 tune_ns[2];
+	__u64 tune_consumed[2];
+	__u32 bound[2];
 	__u32 closed;       /* bit per side that reached TCP_CLOSE */
 	__u32 off;          /* bit per direction taken off the fast path for good */
 };
@@ -95,11 +101,14 @@ enum sock_flags {
 /* Runtime switches the daemon flips without reloading programs. */
 struct accel_config {
 	__u32 flags; /* CONFIG_F_* */
-	/* Bound on redirected-but-unread bytes per direction. 0 means what
-	 * TCP would let the receiver queue: its receive buffer, or as far as
-	 * autotuning may grow it (rcvbuf_max), whichever is larger. */
+	/* Bound on redirected-but-unread bytes per direction. 0 means
+	 * autotuned like TCP's receive buffer: what the receiver consumed in
+	 * the last BACKLOG_TUNE_WINDOW_NS, at least its receive buffer, at
+	 * most its namespace's net.ipv4.tcp_rmem[2]. */
 	__u32 backlog_bytes;
-	__u32 rcvbuf_max; /* net.ipv4.tcp_rmem[2], written by the daemon */
+	/* net.ipv4.tcp_rmem[2] of the daemon's namespace, written by the
+	 * daemon: the ceiling when the receiver's own cannot be read. */
+	__u32 rcvbuf_max;
 	__u32 _pad;
 };
 
@@ -172,6 +181,12 @@ struct accel_stats {
 	 * connection stalls unless the application also reads with recv. */
 	__u64 splice_stalled;
 	__u64 excluded_cgroup;  /* not accelerated: in an excluded cgroup subtree */
+	/* SO_RCVLOWAT set on a socket that had bytes redirected into it:
+	 * applied as 1 (see lower_rcvlowat). */
+	__u64 rcvlowat_lowered;
+	/* A recv(MSG_OOB) on a socket holding redirected bytes: it returned
+	 * the first of them instead of the urgent byte. */
+	__u64 oob_misread;
 };
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */

@@ -46,6 +46,8 @@ func runStatus(args []string) error {
 	fmt.Fprintf(w, "taken off the fast path:\tbacklog=%d setsockopt=%d splice=%d waitall=%d oob=%d (resumed %d)\n",
 		st.OffBacklog, st.OffSetsockopt, st.OffSplice, st.OffWaitall, st.OffOOB, st.Resumed)
 	fmt.Fprintf(w, "splice stalled:\t%d\n", st.SpliceStalled)
+	fmt.Fprintf(w, "urgent data misread:\t%d\n", st.OOBMisread)
+	fmt.Fprintf(w, "SO_RCVLOWAT lowered:\t%d\n", st.RcvlowatLowered)
 	return w.Flush()
 }
 
