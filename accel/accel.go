@@ -86,7 +86,6 @@ type Accelerator struct {
 	exclMu       sync.Mutex
 	exclPorts    []uint16 // as last set, without the learned ones
 	exclCIDRs    []netip.Prefix
-	learnedPorts map[uint16]bool // service ports of stalled splices
 }
 
 // New probes the kernel, loads the programs (reusing compatible pinned maps),
@@ -371,16 +370,20 @@ func (a *Accelerator) gc() *gc {
 // Adopted reports whether New took over pins left by an earlier run.
 func (a *Accelerator) Adopted() bool { return a.adopted }
 
-// SetExclusions replaces the excluded ports and CIDRs; ports learned from
-// stalled splices stay excluded too. New connections see the change at
+// SetExclusions replaces the excluded ports and CIDRs; learned ports
+// (sa_learned_ports, pinned) stay excluded too. New connections see the change at
 // once; programs are not reloaded.
 func (a *Accelerator) SetExclusions(ports []uint16, cidrs []netip.Prefix) error {
 	a.exclMu.Lock()
 	defer a.exclMu.Unlock()
 	a.exclPorts, a.exclCIDRs = ports, cidrs
 	ports = slices.Clone(ports)
-	for p := range a.learnedPorts {
-		ports = append(ports, p)
+	learned, err := readLearned(a.objs.SaLearnedPorts)
+	if err != nil {
+		return err
+	}
+	for _, l := range learned {
+		ports = append(ports, l.Port)
 	}
 	if err := replacePorts(a.objs.SaExclPorts, ports); err != nil {
 		return fmt.Errorf("update excluded ports: %w", err)

@@ -102,6 +102,14 @@ type accelGcState struct {
 	GcRuns   uint64
 }
 
+type accelLearnedPort struct {
+	_        structs.HostLayout
+	Reasons  uint32
+	Pid      uint32
+	UnixTime uint64
+	Comm     [16]int8
+}
+
 type accelSockFlags uint32
 
 const (
@@ -173,6 +181,7 @@ const (
 	accelMapSaExclPorts              = "sa_excl_ports"
 	accelMapSaGc                     = "sa_gc"
 	accelMapSaGcWake                 = "sa_gc_wake"
+	accelMapSaLearnedPorts           = "sa_learned_ports"
 	accelMapSaSockState              = "sa_sock_state"
 	accelMapSaSockhash               = "sa_sockhash"
 	accelMapSaStats                  = "sa_stats"
@@ -251,19 +260,20 @@ type accelProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelMapSpecs struct {
-	SaConfig      *ebpf.MapSpec `ebpf:"sa_config"`
-	SaConntrack   *ebpf.MapSpec `ebpf:"sa_conntrack"`
-	SaEvents      *ebpf.MapSpec `ebpf:"sa_events"`
-	SaExclCgroups *ebpf.MapSpec `ebpf:"sa_excl_cgroups"`
-	SaExclCidrs   *ebpf.MapSpec `ebpf:"sa_excl_cidrs"`
-	SaExclPorts   *ebpf.MapSpec `ebpf:"sa_excl_ports"`
-	SaGc          *ebpf.MapSpec `ebpf:"sa_gc"`
-	SaGcWake      *ebpf.MapSpec `ebpf:"sa_gc_wake"`
-	SaSockState   *ebpf.MapSpec `ebpf:"sa_sock_state"`
-	SaSockhash    *ebpf.MapSpec `ebpf:"sa_sockhash"`
-	SaStats       *ebpf.MapSpec `ebpf:"sa_stats"`
-	SaUseGate     *ebpf.MapSpec `ebpf:"sa_use_gate"`
-	SaUseMarks    *ebpf.MapSpec `ebpf:"sa_use_marks"`
+	SaConfig       *ebpf.MapSpec `ebpf:"sa_config"`
+	SaConntrack    *ebpf.MapSpec `ebpf:"sa_conntrack"`
+	SaEvents       *ebpf.MapSpec `ebpf:"sa_events"`
+	SaExclCgroups  *ebpf.MapSpec `ebpf:"sa_excl_cgroups"`
+	SaExclCidrs    *ebpf.MapSpec `ebpf:"sa_excl_cidrs"`
+	SaExclPorts    *ebpf.MapSpec `ebpf:"sa_excl_ports"`
+	SaGc           *ebpf.MapSpec `ebpf:"sa_gc"`
+	SaGcWake       *ebpf.MapSpec `ebpf:"sa_gc_wake"`
+	SaLearnedPorts *ebpf.MapSpec `ebpf:"sa_learned_ports"`
+	SaSockState    *ebpf.MapSpec `ebpf:"sa_sock_state"`
+	SaSockhash     *ebpf.MapSpec `ebpf:"sa_sockhash"`
+	SaStats        *ebpf.MapSpec `ebpf:"sa_stats"`
+	SaUseGate      *ebpf.MapSpec `ebpf:"sa_use_gate"`
+	SaUseMarks     *ebpf.MapSpec `ebpf:"sa_use_marks"`
 }
 
 // accelVariableSpecs contains global variables before they are loaded into the kernel.
@@ -297,19 +307,20 @@ func (o *accelObjects) Close() error {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelMaps struct {
-	SaConfig      *ebpf.Map `ebpf:"sa_config"`
-	SaConntrack   *ebpf.Map `ebpf:"sa_conntrack"`
-	SaEvents      *ebpf.Map `ebpf:"sa_events"`
-	SaExclCgroups *ebpf.Map `ebpf:"sa_excl_cgroups"`
-	SaExclCidrs   *ebpf.Map `ebpf:"sa_excl_cidrs"`
-	SaExclPorts   *ebpf.Map `ebpf:"sa_excl_ports"`
-	SaGc          *ebpf.Map `ebpf:"sa_gc"`
-	SaGcWake      *ebpf.Map `ebpf:"sa_gc_wake"`
-	SaSockState   *ebpf.Map `ebpf:"sa_sock_state"`
-	SaSockhash    *ebpf.Map `ebpf:"sa_sockhash"`
-	SaStats       *ebpf.Map `ebpf:"sa_stats"`
-	SaUseGate     *ebpf.Map `ebpf:"sa_use_gate"`
-	SaUseMarks    *ebpf.Map `ebpf:"sa_use_marks"`
+	SaConfig       *ebpf.Map `ebpf:"sa_config"`
+	SaConntrack    *ebpf.Map `ebpf:"sa_conntrack"`
+	SaEvents       *ebpf.Map `ebpf:"sa_events"`
+	SaExclCgroups  *ebpf.Map `ebpf:"sa_excl_cgroups"`
+	SaExclCidrs    *ebpf.Map `ebpf:"sa_excl_cidrs"`
+	SaExclPorts    *ebpf.Map `ebpf:"sa_excl_ports"`
+	SaGc           *ebpf.Map `ebpf:"sa_gc"`
+	SaGcWake       *ebpf.Map `ebpf:"sa_gc_wake"`
+	SaLearnedPorts *ebpf.Map `ebpf:"sa_learned_ports"`
+	SaSockState    *ebpf.Map `ebpf:"sa_sock_state"`
+	SaSockhash     *ebpf.Map `ebpf:"sa_sockhash"`
+	SaStats        *ebpf.Map `ebpf:"sa_stats"`
+	SaUseGate      *ebpf.Map `ebpf:"sa_use_gate"`
+	SaUseMarks     *ebpf.Map `ebpf:"sa_use_marks"`
 }
 
 func (m *accelMaps) Close() error {
@@ -322,6 +333,7 @@ func (m *accelMaps) Close() error {
 		m.SaExclPorts,
 		m.SaGc,
 		m.SaGcWake,
+		m.SaLearnedPorts,
 		m.SaSockState,
 		m.SaSockhash,
 		m.SaStats,

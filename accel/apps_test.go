@@ -234,10 +234,10 @@ func TestHAProxySpliceWithBackendExcluded(t *testing.T) {
 // counts splice_stalled and reports the process and ports to the daemon.
 func TestHAProxySpliceStallIsReported(t *testing.T) {
 	h := newAppHost(t, 244, nil, "haproxy", "nginx", "curl")
-	events := make(chan accel.StalledSplice, 16)
+	events := make(chan accel.UseEvent, 16)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- h.n.acc.WatchEvents(ctx, func(ev accel.StalledSplice) { events <- ev }) }()
+	go func() { done <- h.n.acc.WatchEvents(ctx, func(ev accel.UseEvent) { events <- ev }) }()
 	defer func() { cancel(); <-done }()
 	bigSum, addr := h.startHAProxy(t, "2s")
 	before := h.n.stats(t)

@@ -48,7 +48,7 @@ func (n *node) backlogReader(t *testing.T) *accel.BacklogReader {
 // The trap the teardown is designed around, confirmed on this kernel: a
 // socket that leaves the sockhash loses the redirected bytes queued for it.
 func TestKernelFreesQueuedBytesWhenSocketLeavesSockhash(t *testing.T) {
-	n := newNode(t, nil)
+	n := newNode(t, func(c *accel.Config) { c.BacklogBytes = 8 << 20 }) // room for the 1 MiB nobody reads
 	ns := testenv.NewNetns(t)
 	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7201")
 	p := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7201", 1)[0]
@@ -107,7 +107,8 @@ func TestCleanupUnderLoadLosesNothing(t *testing.T) {
 }
 
 func cleanupUnderLoad(t *testing.T, force bool) {
-	n := newNode(t, nil)
+	// Room for megabytes of redirected bytes to queue at the slow readers.
+	n := newNode(t, func(c *accel.Config) { c.BacklogBytes = 64 << 20 })
 	tc := newTwoContainers(t, 221)
 	ln := n.in(tc.server).Listen(t, "tcp4", "10.221.0.2:7202")
 	const conns, size = 6, 48 << 20
@@ -151,7 +152,7 @@ func cleanupUnderLoad(t *testing.T, force bool) {
 // on the fast path and loses nothing, new connections are not accelerated,
 // and once it closes a second cleanup completes.
 func TestCleanupWaitsForOpenConnections(t *testing.T) {
-	n := newNode(t, nil)
+	n := newNode(t, func(c *accel.Config) { c.BacklogBytes = 8 << 20 }) // the 2 MiB nobody reads yet stays redirected
 	ns := testenv.NewNetns(t)
 	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7203")
 	p := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7203", 1)[0]
@@ -213,7 +214,7 @@ func TestCleanupWaitsForOpenConnections(t *testing.T) {
 // removes everything even though a reader has not read them (the kernel
 // frees them once the map goes: TestKernelFreesQueuedBytesWhenSocketLeavesSockhash).
 func TestCleanupForceRemovesDespiteUnreadBytes(t *testing.T) {
-	n := newNode(t, nil)
+	n := newNode(t, func(c *accel.Config) { c.BacklogBytes = 8 << 20 }) // the 2 MiB nobody reads yet stays redirected
 	ns := testenv.NewNetns(t)
 	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7204")
 	p := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7204", 1)[0]

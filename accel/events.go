@@ -8,14 +8,18 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"go.uber.org/zap"
 )
 
-// StalledSplice is an application that spliced from an accelerated socket
-// while bytes redirected into it were still unread.
-type StalledSplice struct {
+// UseEvent is an application that used an accelerated socket in a way the
+// redirect path cannot serve while bytes redirected into it were unread.
+type UseEvent struct {
+	Reason     string // "splice" (the connection stalls) or "oob" (the urgent byte was misread)
 	Cookie     uint64 // the socket's cookie, as in Conn.Cookies
 	PID        uint32
 	Comm       string
@@ -24,33 +28,62 @@ type StalledSplice struct {
 	Queued     uint32
 }
 
+// LearnedExclusion is a service port excluded after a UseEvent. Learned
+// exclusions are pinned: they outlive daemon restarts until cleanup.
+type LearnedExclusion struct {
+	Port      uint16    `json:"port"`
+	Reasons   []string  `json:"reasons"`
+	Comm      string    `json:"comm"`
+	PID       uint32    `json:"pid"`
+	LearnedAt time.Time `json:"learned_at"`
+}
+
+func useReasons(bits uint32) []string {
+	var out []string
+	for _, r := range []struct {
+		bit  accelUseReason
+		name string
+	}{{accelUseReasonUSE_SPLICE, "splice"}, {accelUseReasonUSE_WAITALL, "waitall"}, {accelUseReasonUSE_OOB, "oob"}} {
+		if bits&uint32(r.bit) != 0 {
+			out = append(out, r.name)
+		}
+	}
+	return out
+}
+
 // RunEvents handles what the use detector reports until ctx is done. Each
-// stalled splice is logged as one warning naming the process and ports, and,
-// unless DisableSpliceLearning, the server port of that connection is
-// excluded from then on: the connection that stalled cannot be helped, but
-// the application's next connections to that service stay on TCP, where
-// splice works.
+// event is logged as one warning naming the process and ports, and, unless
+// DisableSpliceLearning, the server port of that connection is excluded from
+// then on (pinned, so restarts keep it): the connection that hit it cannot
+// be helped, but the application's next connections to that service stay on
+// TCP, where splice and urgent data work.
 func (a *Accelerator) RunEvents(ctx context.Context) error {
-	return a.WatchEvents(ctx, func(ev StalledSplice) {
-		fields := []zap.Field{zap.Uint32("pid", ev.PID), zap.String("comm", ev.Comm),
-			zap.Uint16("local_port", ev.LocalPort), zap.Uint16("remote_port", ev.RemotePort),
-			zap.Uint32("queued_bytes", ev.Queued)}
-		if a.cfg.DisableSpliceLearning {
-			a.log.Warn("application spliced from an accelerated socket with redirected bytes unread; splice cannot return them, so this connection stalls: exclude the port (--exclude-ports) or the application's cgroup (--exclude-cgroups)", fields...)
-			return
-		}
-		port, err := a.serverPort(ev.Cookie)
-		if err != nil {
-			a.log.Warn("application spliced from an accelerated socket with redirected bytes unread, so this connection stalls; its connection was not found to exclude its service port", append(fields, zap.Error(err))...)
-			return
-		}
-		if err := a.learnExcludedPort(port); err != nil {
-			a.log.Error("exclude port after a stalled splice", append(fields, zap.Uint16("port", port), zap.Error(err))...)
-			return
-		}
-		a.log.Warn("application spliced from an accelerated socket with redirected bytes unread, so this connection stalls; its service port is excluded from now on (set it in --exclude-ports to keep it across restarts)",
-			append(fields, zap.Uint16("excluded_port", port))...)
-	})
+	return a.WatchEvents(ctx, a.handleUse)
+}
+
+func (a *Accelerator) handleUse(ev UseEvent) {
+	what := "application spliced from an accelerated socket with redirected bytes unread; splice cannot return them, so this connection stalls"
+	if ev.Reason == "oob" {
+		what = "application asked for urgent data (MSG_OOB) on an accelerated socket with redirected bytes unread; it got the first of those bytes instead, and that byte is gone from the stream"
+	}
+	fields := []zap.Field{zap.String("reason", ev.Reason), zap.Uint32("pid", ev.PID), zap.String("comm", ev.Comm),
+		zap.Uint16("local_port", ev.LocalPort), zap.Uint16("remote_port", ev.RemotePort),
+		zap.Uint32("queued_bytes", ev.Queued)}
+	if a.cfg.DisableSpliceLearning {
+		a.log.Warn(what+": exclude the port (--exclude-ports) or the application's cgroup (--exclude-cgroups)", fields...)
+		return
+	}
+	port, err := a.serverPort(ev.Cookie)
+	if err != nil {
+		a.log.Warn(what+"; its connection was not found to exclude its service port", append(fields, zap.Error(err))...)
+		return
+	}
+	if err := a.learnExcludedPort(port, ev); err != nil {
+		a.log.Error("exclude a service port after "+ev.Reason, append(fields, zap.Uint16("port", port), zap.Error(err))...)
+		return
+	}
+	a.log.Warn(what+"; its service port is excluded from now on (kept across restarts until cleanup; listed in status as learned_exclusions)",
+		append(fields, zap.Uint16("excluded_port", port))...)
 }
 
 // serverPort finds the tracked connection one of whose ends has cookie and
@@ -71,21 +104,63 @@ func (a *Accelerator) serverPort(cookie uint64) (uint16, error) {
 	return 0, fmt.Errorf("no tracked connection with socket cookie %d", cookie)
 }
 
-// learnExcludedPort adds port to the excluded ports, beside the configured
-// ones.
-func (a *Accelerator) learnExcludedPort(port uint16) error {
-	a.exclMu.Lock()
-	if a.learnedPorts == nil {
-		a.learnedPorts = map[uint16]bool{}
+// learnExcludedPort records port in the pinned learned ports and adds it to
+// the excluded ports, beside the configured ones.
+func (a *Accelerator) learnExcludedPort(port uint16, ev UseEvent) error {
+	var lp accelLearnedPort
+	if err := a.objs.SaLearnedPorts.Lookup(port, &lp); err != nil {
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("read learned port %d: %w", port, err)
+		}
+		lp = accelLearnedPort{Pid: ev.PID, UnixTime: uint64(time.Now().Unix())}
+		copy(lp.Comm[:], cChars(ev.Comm))
 	}
-	a.learnedPorts[port] = true
+	switch ev.Reason {
+	case "splice":
+		lp.Reasons |= uint32(accelUseReasonUSE_SPLICE)
+	case "oob":
+		lp.Reasons |= uint32(accelUseReasonUSE_OOB)
+	}
+	if err := a.objs.SaLearnedPorts.Put(port, lp); err != nil {
+		return fmt.Errorf("pin learned port %d: %w", port, err)
+	}
+	a.exclMu.Lock()
 	ports, cidrs := a.exclPorts, a.exclCIDRs
 	a.exclMu.Unlock()
 	return a.SetExclusions(ports, cidrs)
 }
 
+// readLearned lists the learned exclusions in m (sa_learned_ports), by port.
+func readLearned(m *ebpf.Map) ([]LearnedExclusion, error) {
+	var (
+		port uint16
+		lp   accelLearnedPort
+		out  []LearnedExclusion
+	)
+	it := m.Iterate()
+	for it.Next(&port, &lp) {
+		out = append(out, LearnedExclusion{
+			Port:      port,
+			Reasons:   useReasons(lp.Reasons),
+			Comm:      cString(lp.Comm[:]),
+			PID:       lp.Pid,
+			LearnedAt: time.Unix(int64(lp.UnixTime), 0).UTC(),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read learned ports: %w", err)
+	}
+	slices.SortFunc(out, func(x, y LearnedExclusion) int { return int(x.Port) - int(y.Port) })
+	return out, nil
+}
+
+// LearnedExclusions lists the service ports excluded after use events.
+func (a *Accelerator) LearnedExclusions() ([]LearnedExclusion, error) {
+	return readLearned(a.objs.SaLearnedPorts)
+}
+
 // WatchEvents calls f for each detector event until ctx is done.
-func (a *Accelerator) WatchEvents(ctx context.Context, f func(StalledSplice)) error {
+func (a *Accelerator) WatchEvents(ctx context.Context, f func(UseEvent)) error {
 	rd, err := ringbuf.NewReader(a.objs.SaEvents)
 	if err != nil {
 		return fmt.Errorf("open detector event ring buffer: %w", err)
@@ -105,7 +180,12 @@ func (a *Accelerator) WatchEvents(ctx context.Context, f func(StalledSplice)) er
 		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev); err != nil {
 			return fmt.Errorf("decode detector event: %w", err)
 		}
-		f(StalledSplice{
+		reason := "splice"
+		if ev.Reason == uint32(accelUseReasonUSE_OOB) {
+			reason = "oob"
+		}
+		f(UseEvent{
+			Reason:     reason,
 			Cookie:     ev.Cookie,
 			PID:        ev.Pid,
 			Comm:       cString(ev.Comm[:]),
@@ -125,4 +205,12 @@ func cString(b []int8) string {
 		out = append(out, byte(c))
 	}
 	return string(out)
+}
+
+func cChars(s string) []int8 {
+	out := make([]int8, len(s))
+	for i := range len(s) {
+		out[i] = int8(s[i])
+	}
+	return out
 }

@@ -68,15 +68,19 @@ func (tc twoContainers) wireBytes(t *testing.T) uint64 {
 }
 
 // checkAccounted asserts that the counters cover the payload without
-// inventing bytes, and that most of it was redirected. (passed_bytes can
-// under-count: after a TCP push fails with EAGAIN the kernel reuses the PASS
-// verdict for the next send without running the program.)
+// inventing bytes, and that a good share of it was redirected: eight
+// connections per round write 2 MiB each way at once on two CPUs, so
+// readers fall behind their writers and the backlog bound hands the rest of
+// a transfer to TCP's flow control, as TCP would slow those writers down.
+// (passed_bytes can under-count: after a TCP push fails with EAGAIN the
+// kernel reuses the PASS verdict for the next send without running the
+// program.)
 func checkAccounted(t *testing.T, s accel.Stats, payload int64) {
 	t.Helper()
 	if got := int64(s.RedirectedBytes + s.PassedBytes); got > payload {
 		t.Errorf("redirected %d + passed %d = %d bytes, more than the %d bytes of payload", s.RedirectedBytes, s.PassedBytes, got, payload)
 	}
-	if int64(s.RedirectedBytes) < payload/2 {
+	if int64(s.RedirectedBytes) < payload/10 {
 		t.Errorf("only %d of %d payload bytes were redirected", s.RedirectedBytes, payload)
 	}
 	if s.InsertErrors != 0 || s.MapFull != 0 || s.StorageErrors != 0 {
@@ -156,10 +160,11 @@ func TestOrderingWhenServerEntryIsLate(t *testing.T) {
 		t.Fatal("no send reached TCP before the server entry existed: the test did not create the race")
 	}
 	// Each server is inserted before it sends, its client long before:
-	// server->client is redirected from the first byte. client->server
-	// only once the server has read every byte that went through TCP.
-	if s.RedirectedBytes < conns*down {
-		t.Errorf("redirected %d bytes, want at least the %d bytes sent server->client", s.RedirectedBytes, conns*down)
+	// server->client is redirected from the first byte (until a client
+	// falls behind by more than the backlog bound). client->server only
+	// once the server has read every byte that went through TCP.
+	if s.RedirectedBytes < conns*down/2 {
+		t.Errorf("redirected %d bytes, want at least half the %d bytes sent server->client", s.RedirectedBytes, conns*down)
 	}
 }
 

@@ -23,6 +23,9 @@ type Status struct {
 	CgroupID        uint64 `json:"cgroup_id"`
 	SockhashEntries uint64 `json:"sockhash_entries"`
 	MaxConns        uint32 `json:"max_conns"`
+	// Service ports excluded after a stalled splice or a misread urgent
+	// byte; pinned, so they outlive restarts until cleanup.
+	LearnedExclusions []LearnedExclusion `json:"learned_exclusions"`
 	Stats
 	Conntrack
 }
@@ -126,6 +129,20 @@ func ReadStatus(pinDir string) (Status, error) {
 		return s, err
 	}
 	s.Conntrack = ct
+
+	s.LearnedExclusions = []LearnedExclusion{}
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaLearnedPorts), nil); err == nil {
+		learned, err := readLearned(m)
+		m.Close()
+		if err != nil {
+			return s, err
+		}
+		if learned != nil {
+			s.LearnedExclusions = learned
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("load pinned learned ports: %w", err)
+	}
 
 	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaStats), nil); err == nil {
 		defer m.Close()

@@ -51,7 +51,7 @@ func blockingEcho(t *testing.T, client, server testenv.Endpoint, addr string, po
 func checkPeers(t *testing.T, conns int, procs ...*testenv.Process) {
 	t.Helper()
 	for _, p := range procs {
-		err := p.Wait(2 * time.Minute)
+		err := p.Wait(time.Minute)
 		out := p.Output()
 		if err != nil || strings.Count(out, "ok ") != conns {
 			t.Errorf("%s: %v\n%s", p.Cmd.Args[len(p.Cmd.Args)-5:], err, out)
@@ -79,6 +79,18 @@ func TestCleanupUnderLoadBlockingPeers(t *testing.T) {
 		t.Fatalf("cleanup: %v", err)
 	}
 	checkPeers(t, conns, cl, srv)
+}
+
+// The same blocking peers with nothing changing under them but the backlog
+// bound: slow phases hand a direction to TCP and back.
+func TestBlockingPeersAcrossBacklogFallback(t *testing.T) {
+	n := newNode(t, nil)
+	tc := newTwoContainers(t, 232)
+	const conns, size = 8, 64 << 20
+	cl, srv := blockingEcho(t, n.in(tc.client), n.in(tc.server), "10.232.0.2", 7302, conns, size)
+	checkPeers(t, conns, cl, srv)
+	s := n.stats(t)
+	t.Logf("redirected %d bytes, passed %d; off_backlog %d, resumed %d", s.RedirectedBytes, s.PassedBytes, s.OffBacklog, s.Resumed)
 }
 
 // firstEAGAIN is what a non-blocking writer pushing 256 KiB writes to a

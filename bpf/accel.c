@@ -229,6 +229,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sa_use_gate SEC(".maps");
 
+/* Service ports the daemon excluded after a stalled splice or a misread
+ * urgent byte (struct learned_port); the daemon adds them to sa_excl_ports
+ * at every start. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u16);
+	__type(value, struct learned_port);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_learned_ports SEC(".maps");
+
 /* Detector events for the daemon's log (struct use_event). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -330,7 +341,7 @@ static __always_inline __u64 sock_cgroup_id(struct sock *s)
 
 /* Whether the socket's file is in blocking mode. Only the connect()ing end
  * has a file at establishment; an accepted socket gets one later. */
-static __always_inline int connecting_blocking(struct bpf_sock *sk)
+static __always_inline int file_blocking(struct bpf_sock *sk)
 {
 	struct sock *ks;
 	struct socket *sock;
@@ -493,7 +504,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		return;
 	}
 	if ((flags & CONFIG_F_CONSERVATIVE) && skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
-	    connecting_blocking(skops->sk)) {
+	    file_blocking(skops->sk)) {
 		__sync_fetch_and_add(&st->blocking, 1);
 		return;
 	}
@@ -641,16 +652,29 @@ static __always_inline __u32 psock_queued(__u64 addr)
 }
 
 /* How far back the bound's autotuning looks: a receiver may queue what it
- * consumed in this much time, the way TCP grows a receive buffer to what its
- * application reads per round trip. Long enough to cover a reader that is
- * scheduled out for a few ticks. */
-#define BACKLOG_TUNE_WINDOW_NS (10 * 1000 * 1000ULL)
+ * consumes in this much time, the way TCP grows a receive buffer to what its
+ * application reads per round trip (scaled up: a redirect has no round trip,
+ * and a reader scheduled out for a tick must not push its sender to TCP). */
+#define BACKLOG_TUNE_WINDOW_NS (4 * 1000 * 1000ULL)
 /* Samples closer together than this say too little about a reader's pace. */
-#define BACKLOG_TUNE_MIN_NS (1000 * 1000ULL)
+#define BACKLOG_TUNE_MIN_NS (250 * 1000ULL)
+
+/* Where TCP's receive-buffer autotuning stops for the receiver: its own
+ * namespace's net.ipv4.tcp_rmem[2] (the daemon's when that cannot be read). */
+static __always_inline __u64 backlog_ceiling(struct accel_config *cfg, struct sock *peer)
+{
+	struct net *net = NULL;
+	int rmem_max = 0;
+
+	if (bpf_probe_read_kernel(&net, sizeof(net), &peer->__sk_common.skc_net.net) || !net ||
+	    bpf_probe_read_kernel(&rmem_max, sizeof(rmem_max), &net->ipv4.sysctl_tcp_rmem[2]) || rmem_max <= 0)
+		return cfg->rcvbuf_max;
+	return (__u32)rmem_max;
+}
 
 /* The default bound on one direction's unread redirected bytes, autotuned
- * like TCP's receive buffer: what the receiver consumed over the last
- * BACKLOG_TUNE_WINDOW_NS, at least its receive buffer (where TCP autotuning
+ * like TCP's receive buffer: what the receiver consumes in
+ * BACKLOG_TUNE_WINDOW_NS at the fastest pace seen, at least its receive buffer (where TCP autotuning
  * starts, or what SO_RCVBUF set) and at most its namespace's
  * net.ipv4.tcp_rmem[2] (where autotuning stops). A slow reader so holds
  * about what TCP would let it hold, and a fast one gets room to keep the
@@ -658,17 +682,13 @@ static __always_inline __u32 psock_queued(__u64 addr)
 static __always_inline __u64 backlog_bound(struct ct_entry *e, __u32 dir, struct accel_config *cfg,
 					   struct sock *peer, __u64 queued)
 {
-	struct net *net = NULL;
-	int rcvbuf = 0, rmem_max = 0;
+	int rcvbuf = 0;
 	__u64 floor, ceiling, consumed, now, elapsed, want;
 
 	if (bpf_probe_read_kernel(&rcvbuf, sizeof(rcvbuf), &peer->sk_rcvbuf) || rcvbuf <= 0)
 		rcvbuf = 0;
-	if (bpf_probe_read_kernel(&net, sizeof(net), &peer->__sk_common.skc_net.net) || !net ||
-	    bpf_probe_read_kernel(&rmem_max, sizeof(rmem_max), &net->ipv4.sysctl_tcp_rmem[2]) || rmem_max <= 0)
-		rmem_max = cfg->rcvbuf_max;
 	floor = (__u32)rcvbuf;
-	ceiling = (__u32)rmem_max;
+	ceiling = backlog_ceiling(cfg, peer);
 	if (ceiling < floor)
 		ceiling = floor;
 
@@ -710,7 +730,8 @@ static __always_inline __u64 backlog_bound(struct ct_entry *e, __u32 dir, struct
  * message per such thread), and a bound lowered since the reading (a smaller
  * receive buffer, or a restart with a smaller --backlog-bytes), which holds
  * from the next reading on. */
-static __always_inline int backlog_exceeded(struct ct_entry *e, __u32 dir, struct accel_config *cfg, __u64 size)
+static __always_inline int backlog_exceeded(struct bpf_sock *sk, struct ct_entry *e, __u32 dir,
+					    struct accel_config *cfg, __u64 size)
 {
 	struct sock *peer = (struct sock *)e->sk[dir ^ 1];
 	__u64 bound, queued;
@@ -721,7 +742,14 @@ static __always_inline int backlog_exceeded(struct ct_entry *e, __u32 dir, struc
 		return 0;
 	queued = psock_queued(e->sk[dir ^ 1]);
 	bound = cfg->backlog_bytes;
-	if (!bound)
+	if (!bound && file_blocking(sk))
+		/* Past the bound this socket's sends go through TCP, and
+		 * TCP's send-buffer wake-ups end a blocking recv on this same
+		 * socket with EAGAIN (tcp_bpf_recvmsg waits once). A blocking
+		 * socket's sends keep the widest bound, where TCP's own
+		 * autotuning stops, so that this stays rare. */
+		bound = backlog_ceiling(cfg, peer);
+	else if (!bound)
 		bound = backlog_bound(e, dir, cfg, peer, queued);
 	if (queued && queued + size > bound)
 		return 1;
@@ -831,7 +859,7 @@ int sockaccel_redirect(struct sk_msg_md *msg)
 		state->flags &= ~SOCK_F_TCP_PATH;
 		__sync_fetch_and_add(&st->resumed, 1);
 	}
-	if (e && backlog_exceeded(e, dir, cfg, size)) {
+	if (e && backlog_exceeded(sk, e, dir, cfg, size)) {
 		/* Redirected bytes are charged to nobody the sender waits on:
 		 * past the bound, hand this direction to TCP's flow control
 		 * until the receiver has caught up with it. */
@@ -1005,20 +1033,17 @@ static __always_inline __u64 psock_of_fd(__u64 fd)
 	return (__u64)(unsigned long)sk;
 }
 
-/* The first splice found redirected bytes unread: those can only come out
- * through recv, and the application is waiting on splice. Count it and
- * tell the daemon who, so an operator can exclude the port or cgroup. */
-static __always_inline void report_stalled_splice(__u64 addr)
+/* Tells the daemon who used a call the redirect path cannot serve while
+ * redirected bytes were queued at the socket (reason USE_SPLICE: splice
+ * found them, so that connection stalls; USE_OOB: recv(MSG_OOB) returned
+ * the first of them instead of the urgent byte), so it can log it and keep
+ * that service off the fast path from then on. */
+static __always_inline void report_use(__u64 addr, __u32 reason, __u32 queued)
 {
 	struct sock *sk = (struct sock *)addr;
-	struct accel_stats *st = stats();
 	struct use_event *ev;
-	__u32 queued = psock_queued(addr);
 	__u16 dport = 0;
 
-	if (!queued || !st)
-		return;
-	__sync_fetch_and_add(&st->splice_stalled, 1);
 	ev = bpf_ringbuf_reserve(&sa_events, sizeof(*ev), 0);
 	if (!ev)
 		return;
@@ -1030,12 +1055,41 @@ static __always_inline void report_stalled_splice(__u64 addr)
 	bpf_probe_read_kernel(&ev->local_port, sizeof(ev->local_port), &sk->__sk_common.skc_num);
 	bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
 	ev->remote_port = bpf_ntohs(dport);
-	ev->reason = USE_SPLICE;
+	ev->reason = reason;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_ringbuf_submit(ev, 0);
 }
 
-static __always_inline void mark_use(__u64 fd, __u32 reason)
+/* The first splice found redirected bytes unread: those can only come out
+ * through recv, and the application is waiting on splice. */
+static __always_inline void report_stalled_splice(__u64 addr)
+{
+	struct accel_stats *st = stats();
+	__u32 queued = psock_queued(addr);
+
+	if (!queued || !st)
+		return;
+	__sync_fetch_and_add(&st->splice_stalled, 1);
+	report_use(addr, USE_SPLICE, queued);
+}
+
+/* recv(MSG_OOB) on a socket holding redirected bytes: tcp_bpf_recvmsg reads
+ * its redirect queue whatever the flags, so the call returns the first of
+ * those bytes instead of the urgent byte, and that byte is gone from the
+ * stream. Nothing at syscall entry can stop it; it is counted and reported
+ * on every such call, not only a socket's first. */
+static __always_inline void report_oob_misread(__u64 addr)
+{
+	struct accel_stats *st = stats();
+	__u32 queued = psock_queued(addr);
+
+	if (!queued || !st)
+		return;
+	__sync_fetch_and_add(&st->oob_misread, 1);
+	report_use(addr, USE_OOB, queued);
+}
+
+static __always_inline __u64 mark_use(__u64 fd, __u32 reason)
 {
 	struct use_gate *gate = use_gate();
 	struct use_mark fresh = { .reasons = reason };
@@ -1043,15 +1097,15 @@ static __always_inline void mark_use(__u64 fd, __u32 reason)
 	__u64 addr;
 
 	if (!gate)
-		return;
+		return 0;
 	addr = psock_of_fd(fd);
 	if (!addr)
-		return;
+		return 0;
 	m = bpf_map_lookup_elem(&sa_use_marks, &addr);
 	if (m) {
 		if (!m->consumed && !(m->reasons & reason))
 			__sync_fetch_and_or(&m->reasons, reason);
-		return;
+		return addr;
 	}
 	if (bpf_map_update_elem(&sa_use_marks, &addr, &fresh, BPF_NOEXIST) == 0) {
 		__sync_fetch_and_add(&gate->marks, 1);
@@ -1059,6 +1113,7 @@ static __always_inline void mark_use(__u64 fd, __u32 reason)
 		if (reason == USE_SPLICE)
 			report_stalled_splice(addr);
 	}
+	return addr;
 }
 
 /* The record a syscalls:sys_enter_* tracepoint hands to BPF. */
@@ -1078,10 +1133,15 @@ struct syscall_enter {
  * here. */
 static __always_inline void check_flags(__u64 fd, __u64 flags, int receiving)
 {
-	if (flags & MSG_OOB)
-		mark_use(fd, USE_OOB);
-	else if (receiving && (flags & MSG_WAITALL))
+	__u64 addr;
+
+	if (flags & MSG_OOB) {
+		addr = mark_use(fd, USE_OOB);
+		if (addr && receiving)
+			report_oob_misread(addr);
+	} else if (receiving && (flags & MSG_WAITALL)) {
 		mark_use(fd, USE_WAITALL);
+	}
 }
 
 SEC("tracepoint/syscalls/sys_enter_splice")

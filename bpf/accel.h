@@ -102,9 +102,9 @@ enum sock_flags {
 struct accel_config {
 	__u32 flags; /* CONFIG_F_* */
 	/* Bound on redirected-but-unread bytes per direction. 0 means
-	 * autotuned like TCP's receive buffer: what the receiver consumed in
-	 * the last BACKLOG_TUNE_WINDOW_NS, at least its receive buffer, at
-	 * most its namespace's net.ipv4.tcp_rmem[2]. */
+	 * autotuned like TCP's receive buffer: what the receiver consumes in
+	 * BACKLOG_TUNE_WINDOW_NS at the fastest pace seen, at least its
+	 * receive buffer, at most its namespace's net.ipv4.tcp_rmem[2]. */
 	__u32 backlog_bytes;
 	/* net.ipv4.tcp_rmem[2] of the daemon's namespace, written by the
 	 * daemon: the ceiling when the receiver's own cannot be read. */
@@ -206,6 +206,16 @@ enum use_reason {
 	USE_SPLICE = 1 << 0,  /* splice(2) reads only the TCP receive queue */
 	USE_WAITALL = 1 << 1, /* tcp_bpf_recvmsg ignores MSG_WAITALL */
 	USE_OOB = 1 << 2,     /* urgent data would arrive in-band */
+};
+
+/* A service port excluded because an application's use of it could not be
+ * served on the fast path (sa_learned_ports, written by the daemon only):
+ * pinned, so it outlives daemon restarts. */
+struct learned_port {
+	__u32 reasons;   /* USE_* seen */
+	__u32 pid;       /* the process that used it, when first learned */
+	__u64 unix_time; /* when it was first learned, seconds */
+	char comm[16];
 };
 
 /* A socket seen using one of those calls, keyed by its struct sock address,
