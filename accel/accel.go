@@ -82,10 +82,10 @@ type Accelerator struct {
 	gcOnce  sync.Once
 	gcState *gc
 
-	cfgMu        sync.Mutex // serialises read-modify-write of sa_config
-	exclMu       sync.Mutex
-	exclPorts    []uint16 // as last set, without the learned ones
-	exclCIDRs    []netip.Prefix
+	cfgMu     sync.Mutex // serialises read-modify-write of sa_config
+	exclMu    sync.Mutex
+	exclPorts []uint16 // as last set, without the learned ones
+	exclCIDRs []netip.Prefix
 }
 
 // New probes the kernel, loads the programs (reusing compatible pinned maps),
