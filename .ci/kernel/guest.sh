@@ -100,7 +100,8 @@ smoke() {
 	echo "$result" >"$OUT/daemon.result"
 	say "daemon start: $result"
 	if [ $result = FAIL ]; then
-		tail -n 5 "$OUT/daemon.log" | cut -c1-300 | sed 's/^/[guest]   /'
+		# Its error line without the verifier log that follows on it.
+		tail -n 3 "$OUT/daemon.log" | cut -f1 | cut -c1-300 | sed 's/^/[guest]   /'
 	fi
 }
 smoke

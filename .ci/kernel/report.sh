@@ -28,9 +28,15 @@ if [[ -f $res/daemon.result ]]; then
 	else
 		failed=$((failed + 1))
 		status=1
-		# The daemon's last error line, as a user would see it.
-		grep -v '^{' "$res/daemon.log" 2>/dev/null | tail -n 2 | cut -c1-300 | sed 's/^/       /'
-		grep '"level":"error"\|"level":"fatal"' "$res/daemon.log" 2>/dev/null | tail -n 1 | cut -c1-300 | sed 's/^/       /'
+		# The daemon's error, as a user would see it. A load error carries
+		# the verifier log on the same line, tab-separated: show the message
+		# and the verifier lines that say what was refused.
+		grep -v '^{' "$res/daemon.log" 2>/dev/null | tail -n 2 | awk -F'\t' '{
+			out = $1; n = 0
+			for (i = 2; i <= NF && n < 3; i++)
+				if ($i ~ /poisoned|reserved|invalid|unknown|not supported|not allowed|denied|R[0-9]+ (type|is)/) { out = out " [" $i "]"; n++ }
+			print substr(out, 1, 400)
+		}' | sed 's/^/       /'
 	fi
 fi
 
@@ -94,6 +100,9 @@ for pkg in "$@"; do
 		}' "$log")
 	grep -v '^COUNTS ' <<<"$counts"
 	read -r _ p f s < <(grep '^COUNTS ' <<<"$counts")
+	if ((p + f + s == 0)) && [[ $rc == 0 ]]; then
+		echo "     (no test matched RUN)"
+	fi
 	passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
 	if [[ $rc != 0 ]]; then
 		status=1

@@ -181,8 +181,8 @@ if [[ ! -f $res/done ]]; then
 	status=1
 fi
 
-# One line per test and subtest, from go test -v output, then a summary.
-bash "$here/report.sh" "$KERNEL" "$res" $pkgs || status=1
-
 say "timings: image ${t_image} s, build ${t_build} s, VM ${t_vm} s; qemu peak RSS $((peak_kb / 1024)) MiB"
+# One line per test (failed subtests too), from go test -v output, ending
+# with the "N passed, N failed" line.
+bash "$here/report.sh" "$KERNEL" "$res" $pkgs || status=1
 exit $status
