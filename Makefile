@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION)
 
 PREFIX ?= /usr/local
 
-.PHONY: all generate check-generate build test soak lint clean bench install
+.PHONY: all generate check-generate build test soak lint clean bench install test-kernel
 
 all: generate build
 
@@ -46,6 +46,17 @@ SOAK_COUNT ?= 20
 SOAK_TESTS := TestCompatibilityMatrix|TestNginx|TestRedis|TestHAProxy|TestSplice|TestRedirectIntegrity|TestOrdering|TestIsolation|TestBacklog|TestConntrackChurn|TestCleanupUnderLoad|TestRcvlowat|TestZerocopy
 soak: build
 	$(GO) test -p 1 -count=$(SOAK_COUNT) -failfast -timeout 6h -run '$(SOAK_TESTS)' ./accel/
+
+# Privileged tests on another kernel, booted in qemu (root; downloads and
+# caches a Debian guest on first use, see .ci/kernel/run.sh):
+#   make test-kernel [KERNEL=debian-6.1|debian-11-5.10] [RUN=regexp]
+# The default RUN is the privileged suite without the real programs
+# (TestNginx, TestRedis, TestHAProxy* need longer; pass them in RUN).
+KERNEL ?= debian-6.1
+KERNEL_TESTS := TestRedirectIntegrity|TestOrdering|TestIsolation|TestScope|TestCapacity|TestRestartAdoptsPins|TestCleanup|TestKernelFreesQueuedBytes|TestCompatibilityMatrix|TestRcvlowat|TestZerocopy|TestULP|TestLargeSetsockopt|TestBlockingRecv|TestSplice|TestBacklog|TestConntrack|TestConns|TestGCIdle|TestEnsureTracefs|TestVersion|TestBadInput|TestDaemonLifecycle|TestKillDuringTransfer|TestMetricsEndpoint|TestResolve|TestPathByID
+RUN ?= $(KERNEL_TESTS)
+test-kernel:
+	KERNEL='$(KERNEL)' RUN='$(RUN)' GO='$(GO)' bash .ci/kernel/run.sh
 
 bench: build
 	QUICK='$(QUICK)' SMOKE='$(SMOKE)' PROTO='$(PROTO)' OUT='$(OUT)' SOCKACCEL='$(BIN)' CC='$(CC)' GO='$(GO)' bash bench/run.sh
