@@ -219,7 +219,10 @@ func TestHAProxySpliceWithBackendExcluded(t *testing.T) {
 		}
 	}
 	after := h.n.stats(t)
-	checkAppAccelerated(t, before, after, 4*16<<20)
+	// At least one body's worth: haproxy writes each body in one burst,
+	// and where curl falls behind it by more than the backlog bound the
+	// rest of that body goes through TCP's flow control.
+	checkAppAccelerated(t, before, after, 16<<20)
 	if after.ExcludedPort == before.ExcludedPort {
 		t.Error("the haproxy-to-nginx connections were not excluded")
 	}

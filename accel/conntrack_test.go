@@ -247,7 +247,7 @@ func swapSockOps(t *testing.T, pinDir string) (restore func()) {
 }
 
 func TestConntrackMissedClose(t *testing.T) {
-	n := newNode(t, nil)
+	n := newNode(t, wideBound)
 	ns := testenv.NewNetns(t)
 	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7102")
 	pairs := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7102", 2)
@@ -348,7 +348,7 @@ func TestConntrackDisabled(t *testing.T) {
 }
 
 func TestConnsReportsBytesPerDirection(t *testing.T) {
-	n := newNode(t, nil)
+	n := newNode(t, wideBound)
 	tc := newTwoContainers(t, 216)
 	ln := n.in(tc.server).Listen(t, "tcp", "[::]:7105")
 	pairs := testenv.Connect(t, n.in(tc.client), ln, "tcp6", "[fd00:216::2]:7105", 1)

@@ -16,6 +16,7 @@
 
 
 #include "accel.h"
+#include "psock.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -89,17 +90,11 @@ struct sock {
 	void *sk_user_data;
 	struct socket *sk_socket;
 } __attribute__((preserve_access_index));
-struct sk_psock {
-	__u32 msg_tot_len;
-} __attribute__((preserve_access_index));
 struct tcp_sock {
 	__u32 write_seq;  /* end of what the application handed to TCP */
 	__u32 copied_seq; /* what the application has read from TCP */
 } __attribute__((preserve_access_index));
 
-/* sk_user_data carries flag bits below the psock pointer. */
-#define SK_USER_DATA_PTRMASK (~7UL)
-#define SK_USER_DATA_PSOCK 4UL
 #define S_IFMT 0170000
 #define S_IFSOCK 0140000
 #define MSG_OOB 1
@@ -639,23 +634,18 @@ int sockaccel_sockops(struct bpf_sock_ops *skops)
 static __always_inline __u32 psock_queued(__u64 addr)
 {
 	struct sock *s = (struct sock *)addr;
-	struct sk_psock *psock;
 	unsigned long user_data;
-	__u32 queued = 0;
 
 	if (bpf_probe_read_kernel(&user_data, sizeof(user_data), &s->sk_user_data))
 		return 0;
-	psock = (struct sk_psock *)(user_data & SK_USER_DATA_PTRMASK);
-	if (psock)
-		bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len);
-	return queued;
+	return psock_msg_bytes((struct sk_psock *)(user_data & SK_USER_DATA_PTRMASK));
 }
 
 /* How far back the bound's autotuning looks: a receiver may queue what it
  * consumes in this much time, the way TCP grows a receive buffer to what its
  * application reads per round trip (scaled up: a redirect has no round trip,
  * and a reader scheduled out for a tick must not push its sender to TCP). */
-#define BACKLOG_TUNE_WINDOW_NS (4 * 1000 * 1000ULL)
+#define BACKLOG_TUNE_WINDOW_NS (20 * 1000 * 1000ULL)
 /* Samples closer together than this say too little about a reader's pace. */
 #define BACKLOG_TUNE_MIN_NS (250 * 1000ULL)
 

@@ -1,7 +1,7 @@
 //go:build ignore
 /* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
 /* Reports, for one socket of the SOCKHASH, the redirected bytes queued for
- * its application and not read yet (psock->msg_tot_len).
+ * its application and not read yet (psock_msg_bytes).
  *
  * Teardown needs it: when a socket leaves the SOCKHASH the kernel drops its
  * psock and frees everything still queued in it (sk_psock_drop ->
@@ -19,6 +19,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "accel.h"
+#include "psock.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -46,12 +47,6 @@ struct tcp_sock {
 	struct inet_connection_sock inet_conn;
 } __attribute__((preserve_access_index));
 
-struct sk_psock {
-	__u32 msg_tot_len;
-} __attribute__((preserve_access_index));
-
-/* sk_user_data carries flag bits below the psock pointer. */
-#define SK_USER_DATA_PTRMASK (~7UL)
 
 /* Where the key starts in the test packet: after an Ethernet header, the
  * smallest packet BPF_PROG_TEST_RUN accepts for tc. */
@@ -74,8 +69,7 @@ int sockhash_backlog(struct __sk_buff *skb)
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (tp) {
 		psock = (struct sk_psock *)((unsigned long)tp->inet_conn.icsk_inet.sk.sk_user_data & SK_USER_DATA_PTRMASK);
-		if (psock)
-			bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len);
+		queued = psock_msg_bytes(psock);
 	}
 	bpf_sk_release(sk);
 	return queued;

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* Reading what a socket's psock holds for its application: the redirected
+ * bytes queued in its ingress list and not read yet. Shared by the datapath
+ * (the backlog bound, use detection) and the teardown's backlog reader.
+ * Kernel types come from BTF through CO-RE. */
+#ifndef SOCKACCEL_PSOCK_H
+#define SOCKACCEL_PSOCK_H
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+/* sk_user_data carries flag bits below the psock pointer. */
+#define SK_USER_DATA_PTRMASK (~7UL)
+#define SK_USER_DATA_PSOCK 4UL
+
+struct list_head {
+	struct list_head *next;
+} __attribute__((preserve_access_index));
+struct sk_msg_sg {
+	__u32 size;
+} __attribute__((preserve_access_index));
+struct sk_msg {
+	struct sk_msg_sg sg;
+	struct list_head list;
+} __attribute__((preserve_access_index));
+struct sk_psock {
+	/* Kept by newer kernels (6.18 has it, 6.1 does not); older ones
+	 * have only the list. */
+	__u32 msg_tot_len;
+	struct list_head ingress_msg;
+} __attribute__((preserve_access_index));
+
+/* CO-RE relocation kinds (clang's __builtin_preserve_field_info). */
+#define PSOCK_FIELD_BYTE_OFFSET 0
+#define PSOCK_FIELD_EXISTS 2
+
+/* Messages walked at most on kernels without msg_tot_len. A longer list
+ * reads as PSOCK_QUEUED_MANY: more than any bound, so a reader that far
+ * behind is never mistaken for one that caught up. */
+#define PSOCK_WALK_MAX 64
+#define PSOCK_QUEUED_MANY (1U << 30)
+
+/* Unread redirected bytes in psock's ingress list. The kernel keeps the
+ * total in msg_tot_len where it has it; elsewhere the list is summed, read
+ * with bpf_probe_read_kernel: a list changing under the walk gives a wrong
+ * reading at worst, never a fault. */
+static __always_inline __u32 psock_msg_bytes(struct sk_psock *psock)
+{
+	struct list_head *head, *pos = NULL;
+	struct sk_msg *msg;
+	__u32 queued = 0, size;
+	int i;
+
+	if (!psock)
+		return 0;
+	if (__builtin_preserve_field_info(psock->msg_tot_len, PSOCK_FIELD_EXISTS)) {
+		bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len);
+		return queued;
+	}
+	head = &psock->ingress_msg;
+	if (bpf_probe_read_kernel(&pos, sizeof(pos), &head->next))
+		return 0;
+	for (i = 0; i < PSOCK_WALK_MAX; i++) {
+		if (!pos || pos == head)
+			return queued;
+		msg = (struct sk_msg *)((void *)pos -
+					__builtin_preserve_field_info(((struct sk_msg *)0)->list, PSOCK_FIELD_BYTE_OFFSET));
+		size = 0;
+		if (bpf_probe_read_kernel(&size, sizeof(size), &msg->sg.size) ||
+		    bpf_probe_read_kernel(&pos, sizeof(pos), &pos->next))
+			return queued;
+		queued += size;
+	}
+	return pos == head ? queued : PSOCK_QUEUED_MANY;
+}
+
+#endif
