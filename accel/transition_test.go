@@ -3,12 +3,14 @@
 package accel_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -184,21 +186,26 @@ func TestBackpressureLikeTCP(t *testing.T) {
 		t.Run(fmt.Sprintf("tcp_rmem_max=%dMiB", rmemMax>>20), func(t *testing.T) {
 			ns := testenv.NewNetns(t)
 			ns.Run(t, "sysctl", "-q", "-w", fmt.Sprintf("net.ipv4.tcp_rmem=4096 131072 %d", rmemMax))
-			plain := writeUntilEAGAIN(t, testenv.Endpoint{Netns: ns}, 7310+2*i)
+			plain := writeUntilEAGAIN(t, testenv.Endpoint{Netns: ns}, 7310+3*i)
 			before := n.stats(t)
-			acc := writeUntilEAGAIN(t, n.in(ns), 7311+2*i)
+			acc := writeUntilEAGAIN(t, n.in(ns), 7311+3*i)
 			after := n.stats(t)
-			t.Logf("bytes accepted before the first EAGAIN: plain TCP %d, accelerated %d (%.2fx); unread then: plain %d, accelerated %d; redirected %d, passed %d, off_backlog %d, resumed %d",
-				plain.accepted, acc.accepted, float64(acc.accepted)/float64(plain.accepted), plain.unread, acc.unread,
+			// TCP's own figure moves by some 15% from run to run (send
+			// buffer autotuning): measure it on both sides of the
+			// accelerated run.
+			plain2 := writeUntilEAGAIN(t, testenv.Endpoint{Netns: ns}, 7312+3*i)
+			most := max(plain.accepted, plain2.accepted)
+			t.Logf("bytes accepted before the first EAGAIN: plain TCP %d and %d, accelerated %d (%.2fx the larger); unread then: plain %d, accelerated %d; redirected %d, passed %d, off_backlog %d, resumed %d",
+				plain.accepted, plain2.accepted, acc.accepted, float64(acc.accepted)/float64(most), plain.unread, acc.unread,
 				after.RedirectedBytes-before.RedirectedBytes, after.PassedBytes-before.PassedBytes,
 				after.OffBacklog-before.OffBacklog, after.Resumed-before.Resumed)
 			if after.RedirectedBytes == before.RedirectedBytes {
 				t.Fatal("nothing redirected: the connection was not accelerated")
 			}
-			// TCP itself varies by some percent from run to run (send buffer
-			// autotuning); the bound must not add more than that.
-			if float64(acc.accepted) > 1.1*float64(plain.accepted) {
-				t.Errorf("accelerated writer pushed %d bytes before its first EAGAIN, plain TCP %d", acc.accepted, plain.accepted)
+			// An empty receiver takes one message (256 KiB here) before
+			// the bound applies; beyond that, what TCP itself holds.
+			if limit := int64(1.1*float64(most)) + 256<<10; acc.accepted > limit {
+				t.Errorf("accelerated writer pushed %d bytes before its first EAGAIN, plain TCP at most %d (limit %d)", acc.accepted, most, limit)
 			}
 		})
 	}
@@ -317,5 +324,98 @@ func TestRcvlowatAfterRedirectedBytes(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// oobExchange: 1000 bytes, one urgent byte, 1000 bytes; the receiver waits
+// for all of it, asks for the urgent byte, then reads the normal stream.
+func oobExchange(t *testing.T, p testenv.Pair) (urgent string, inline int) {
+	t.Helper()
+	rawFD(t, p.Client, func(fd int) {
+		unix.Sendto(fd, bytes.Repeat([]byte("a"), 1000), 0, nil)
+		unix.Sendto(fd, []byte("!"), unix.MSG_OOB, nil)
+		unix.Sendto(fd, bytes.Repeat([]byte("b"), 1000), 0, nil)
+	})
+	p.Client.CloseWrite()
+	t.Cleanup(func() {
+		p.Client.Close()
+		p.Server.Close()
+	})
+	waitReadable(t, p.Server)
+	time.Sleep(50 * time.Millisecond) // let the urgent mark and the rest arrive
+	n, b, err := recvRaw(t, p.Server, 1, unix.MSG_OOB|unix.MSG_DONTWAIT)
+	urgent = fmt.Sprintf("%d %q %s", n, b, errName(err))
+	p.Server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	rest, err := io.ReadAll(p.Server)
+	if err != nil {
+		t.Fatalf("read the stream: %v", err)
+	}
+	return urgent, len(rest)
+}
+
+// Urgent data sent while the receiver holds redirected bytes cannot be
+// delivered as TCP would: the misread is counted, the service port learned
+// (pinned, listed in status) and the next connection to it behaves as TCP.
+func TestOOBMisreadIsCountedAndLearned(t *testing.T) {
+	n := newNode(t, nil)
+	ns := testenv.NewNetns(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.acc.RunEvents(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("event loop: %v", err)
+		}
+	})
+
+	plain := testenv.Endpoint{Netns: ns}
+	ln := plain.Listen(t, "tcp4", "127.0.0.1:7320")
+	wantUrgent, wantInline := oobExchange(t, testenv.Connect(t, plain, ln, "tcp4", "127.0.0.1:7320", 1)[0])
+
+	ln = n.in(ns).Listen(t, "tcp4", "127.0.0.1:7321")
+	first := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7321", 1)[0]
+	before := n.stats(t)
+	urgent, inline := oobExchange(t, first)
+	t.Logf("plain TCP: urgent %s, %d inline bytes; first accelerated connection: urgent %s, %d inline bytes", wantUrgent, wantInline, urgent, inline)
+	if s := n.stats(t); s.OOBMisread-before.OOBMisread != 1 {
+		t.Errorf("oob_misread +%d, want 1", s.OOBMisread-before.OOBMisread)
+	}
+	waitFor(t, "the service port to be learned", func() (bool, string) {
+		st := n.status(t)
+		return len(st.LearnedExclusions) == 1 && st.LearnedExclusions[0].Port == 7321, fmt.Sprintf("%+v", st.LearnedExclusions)
+	})
+	if l := n.status(t).LearnedExclusions[0]; !slices.Equal(l.Reasons, []string{"oob"}) || l.Comm == "" {
+		t.Errorf("learned exclusion %+v, want reason oob and the process name", l)
+	}
+
+	before = n.stats(t)
+	second := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7321", 1)[0]
+	urgent, inline = oobExchange(t, second)
+	if urgent != wantUrgent || inline != wantInline {
+		t.Errorf("next connection: urgent %s, %d inline bytes; plain TCP: urgent %s, %d", urgent, inline, wantUrgent, wantInline)
+	}
+	if s := n.stats(t); s.ExcludedPort-before.ExcludedPort != 2 {
+		t.Errorf("excluded_port +%d, want both ends of the next connection excluded", s.ExcludedPort-before.ExcludedPort)
+	}
+
+	// Learned ports survive a restart of the daemon.
+	n.acc.Close()
+	again := testenv.Start(t, accel.Config{Cgroup: n.cg, PinDir: n.pin, MaxConns: 1024})
+	st, err := again.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.LearnedExclusions) != 1 || st.LearnedExclusions[0].Port != 7321 {
+		t.Errorf("after a restart learned exclusions are %+v", st.LearnedExclusions)
+	}
+	before, _ = again.Stats()
+	third := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7321", 1)[0]
+	defer third.Client.Close()
+	defer third.Server.Close()
+	third.Client.Write([]byte("x"))
+	third.Server.Read(make([]byte, 1))
+	if after, _ := again.Stats(); after.ExcludedPort-before.ExcludedPort != 2 {
+		t.Errorf("after a restart excluded_port +%d, want 2", after.ExcludedPort-before.ExcludedPort)
 	}
 }

@@ -7,6 +7,7 @@ package testenv
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -105,7 +107,10 @@ func TempPinDir(t testing.TB) string {
 	}
 	dir := filepath.Join(accel.DefaultBPFFS, Name("satest"))
 	t.Cleanup(func() {
-		if err := accel.Cleanup(dir, zap.NewNop()); err != nil {
+		// Forced: a test may end with connections still open (a graceful
+		// cleanup would wait for them to close).
+		opts := accel.CleanupOptions{DrainTimeout: time.Second, Force: true}
+		if err := accel.CleanupWith(context.Background(), dir, zap.NewNop(), opts); err != nil {
 			t.Errorf("cleanup pin dir %s: %v", dir, err)
 		}
 		os.RemoveAll(dir)
