@@ -219,10 +219,12 @@ func TestHAProxySpliceWithBackendExcluded(t *testing.T) {
 		}
 	}
 	after := h.n.stats(t)
-	// At least one body's worth: haproxy writes each body in one burst,
-	// and where curl falls behind it by more than the backlog bound the
-	// rest of that body goes through TCP's flow control.
-	checkAppAccelerated(t, before, after, 16<<20)
+	// haproxy writes each 16 MiB body in one burst; once curl falls
+	// behind it by more than the backlog bound, the rest of that body goes
+	// through TCP's flow control (1 to 36 of the 64 MiB stayed on the
+	// fast path in runs here). What this test checks is the splice
+	// exclusion, so any redirected megabyte proves the client side on it.
+	checkAppAccelerated(t, before, after, 1<<20)
 	if after.ExcludedPort == before.ExcludedPort {
 		t.Error("the haproxy-to-nginx connections were not excluded")
 	}
