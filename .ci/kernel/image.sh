@@ -29,7 +29,7 @@ CACHE_DIR=${CACHE_DIR:-/var/cache/sockaccel-kernels}
 # accel/apps_test.go (nginx, curl, wrk, redis, haproxy) are there too, so
 # RUN='TestNginx|TestRedis|TestHAProxy' works; the default RUN leaves them out
 # for time. No compiler: everything is built on the host.
-GUEST_PACKAGES="iproute2 util-linux kmod procps initramfs-tools"
+GUEST_PACKAGES="iproute2 util-linux kmod procps initramfs-tools python3"
 GUEST_APPS="nginx curl wrk redis-server redis-tools haproxy"
 
 log() { echo "image[$KERNEL]: $*" >&2; }
