@@ -147,6 +147,8 @@ type accelUseEvent struct {
 	RemotePort uint16
 	Reason     uint32
 	Comm       [16]int8
+	Fd         int32
+	Pad        uint32
 }
 
 type accelUseGate struct {

@@ -26,6 +26,7 @@ type UseEvent struct {
 	LocalPort  uint16
 	RemotePort uint16
 	Queued     uint32
+	FD         int32 // the socket's descriptor in process PID
 }
 
 // LearnedExclusion is a service port excluded after a UseEvent. Learned
@@ -71,6 +72,9 @@ func (a *Accelerator) handleUse(ev UseEvent) {
 		zap.Uint32("queued_bytes", ev.Queued)}
 	if a.cfg.DisableSpliceLearning {
 		a.log.Warn(what+": exclude the port (--exclude-ports) or the application's cgroup (--exclude-cgroups)", fields...)
+		if ev.Reason == "splice" {
+			go a.failStalled(ev)
+		}
 		return
 	}
 	port, err := a.serverPort(ev.Cookie)
@@ -84,6 +88,9 @@ func (a *Accelerator) handleUse(ev UseEvent) {
 	}
 	a.log.Warn(what+"; its service port is excluded from now on (kept across restarts until cleanup; listed in status as learned_exclusions)",
 		append(fields, zap.Uint16("excluded_port", port))...)
+	if ev.Reason == "splice" {
+		go a.failStalled(ev)
+	}
 }
 
 // serverPort finds the tracked connection one of whose ends has cookie and
@@ -192,6 +199,7 @@ func (a *Accelerator) WatchEvents(ctx context.Context, f func(UseEvent)) error {
 			LocalPort:  ev.LocalPort,
 			RemotePort: ev.RemotePort,
 			Queued:     ev.Queued,
+			FD:         ev.Fd,
 		})
 	}
 }

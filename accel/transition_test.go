@@ -419,3 +419,89 @@ func TestOOBMisreadIsCountedAndLearned(t *testing.T) {
 		t.Errorf("after a restart excluded_port +%d, want 2", after.ExcludedPort-before.ExcludedPort)
 	}
 }
+
+// A relay that splices (Go's io.Copy between two *net.TCPConn, as countless
+// proxies and port-forwarders do) from a connection that already holds
+// redirected bytes can never read them. Before, such a relay hung for good
+// (a SOCKS5 proxy for over 6 minutes); now the daemon resets that
+// connection after a short grace, so the relay's copy fails with an error
+// it can act on, and the service port is learned, so the next connection
+// is relayed intact over TCP.
+func TestSpliceStallFailsFast(t *testing.T) {
+	n := newNode(t, nil)
+	ns := testenv.NewNetns(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	events := make(chan error, 1)
+	go func() { events <- n.acc.RunEvents(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-events; err != nil {
+			t.Errorf("event loop: %v", err)
+		}
+	})
+
+	ep := n.in(ns)
+	sink := testenv.Endpoint{Netns: ns}.Listen(t, "tcp4", "127.0.0.1:7331") // plain TCP: where the relay copies to
+	relay := ep.Listen(t, "tcp4", "127.0.0.1:7330")
+	relayOnce := func(payload []byte, closeWrite bool) (copyErr error, got []byte) {
+		p := testenv.Connect(t, ep, relay, "tcp4", "127.0.0.1:7330", 1)[0]
+		defer p.Client.Close()
+		defer p.Server.Close()
+		out, err := testenv.Endpoint{Netns: ns}.Dial(t, "tcp4", "", "127.0.0.1:7331")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out.Close()
+		in, err := sink.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer in.Close()
+		// The client's bytes are redirected before the relay starts.
+		if _, err := p.Client.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+		if closeWrite {
+			p.Client.CloseWrite()
+		}
+		waitReadable(t, p.Server)
+		copied := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(out, p.Server) // splices: *net.TCPConn to *net.TCPConn
+			out.CloseWrite()
+			copied <- err
+		}()
+		in.SetReadDeadline(time.Now().Add(time.Minute))
+		got, _ = io.ReadAll(in)
+		select {
+		case copyErr = <-copied:
+		case <-time.After(time.Minute):
+			t.Fatal("the relay's io.Copy still hangs after a minute")
+		}
+		return copyErr, got
+	}
+
+	// The client keeps its connection open (a request waiting for its
+	// answer). Had it closed, the relay's splice would read its FIN, which
+	// took TCP, as end of stream, ahead of the redirected bytes: see the
+	// README's matrix.
+	payload := bytes.Repeat([]byte("relay me "), 1000)
+	start := time.Now()
+	err, got := relayOnce(payload, false)
+	t.Logf("first relayed connection: io.Copy ended after %s with %v, %d of %d bytes arrived", time.Since(start).Round(time.Millisecond), err, len(got), len(payload))
+	if err == nil {
+		t.Errorf("io.Copy of a stalled splice ended without an error, %d of %d bytes delivered", len(got), len(payload))
+	}
+	if s := n.stats(t); s.SpliceStalled != 1 {
+		t.Errorf("splice_stalled %d, want 1", s.SpliceStalled)
+	}
+	waitFor(t, "the relay's port to be learned", func() (bool, string) {
+		st := n.status(t)
+		return len(st.LearnedExclusions) == 1 && st.LearnedExclusions[0].Port == 7330, fmt.Sprintf("%+v", st.LearnedExclusions)
+	})
+
+	err, got = relayOnce(payload, true)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Errorf("next relayed connection: io.Copy %v, %d of %d bytes", err, len(got), len(payload))
+	}
+}

@@ -78,6 +78,7 @@ typedef struct {
 } __attribute__((preserve_access_index)) possible_net_t;
 struct sock_common {
 	possible_net_t skc_net;
+	unsigned char skc_state;
 	__u16 skc_dport; /* network byte order */
 	__u16 skc_num;   /* host byte order */
 	atomic64_t skc_cookie; /* 0 until first asked for; sock_ops asked */
@@ -997,6 +998,7 @@ static __always_inline __u64 psock_of_fd(__u64 fd)
 	unsigned long user_data = 0;
 	unsigned int max_fds = 0;
 	unsigned short mode = 0;
+	unsigned char state = 0;
 
 	if (bpf_probe_read_kernel(&files, sizeof(files), &task->files) || !files)
 		return 0;
@@ -1020,6 +1022,11 @@ static __always_inline __u64 psock_of_fd(__u64 fd)
 		return 0;
 	if (!(user_data & SK_USER_DATA_PSOCK))
 		return 0;
+	/* A socket past TCP_CLOSE (reset, or closed with the application
+	 * still holding it) has lost its mark with its conntrack entry; a
+	 * new one would report it again. */
+	if (bpf_probe_read_kernel(&state, sizeof(state), &sk->__sk_common.skc_state) || state == TCP_CLOSE)
+		return 0;
 	return (__u64)(unsigned long)sk;
 }
 
@@ -1028,7 +1035,7 @@ static __always_inline __u64 psock_of_fd(__u64 fd)
  * found them, so that connection stalls; USE_OOB: recv(MSG_OOB) returned
  * the first of them instead of the urgent byte), so it can log it and keep
  * that service off the fast path from then on. */
-static __always_inline void report_use(__u64 addr, __u32 reason, __u32 queued)
+static __always_inline void report_use(__u64 addr, __u64 fd, __u32 reason, __u32 queued)
 {
 	struct sock *sk = (struct sock *)addr;
 	struct use_event *ev;
@@ -1047,12 +1054,14 @@ static __always_inline void report_use(__u64 addr, __u32 reason, __u32 queued)
 	ev->remote_port = bpf_ntohs(dport);
 	ev->reason = reason;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	ev->fd = (__s32)fd;
+	ev->_pad = 0;
 	bpf_ringbuf_submit(ev, 0);
 }
 
 /* The first splice found redirected bytes unread: those can only come out
  * through recv, and the application is waiting on splice. */
-static __always_inline void report_stalled_splice(__u64 addr)
+static __always_inline void report_stalled_splice(__u64 addr, __u64 fd)
 {
 	struct accel_stats *st = stats();
 	__u32 queued = psock_queued(addr);
@@ -1060,7 +1069,7 @@ static __always_inline void report_stalled_splice(__u64 addr)
 	if (!queued || !st)
 		return;
 	__sync_fetch_and_add(&st->splice_stalled, 1);
-	report_use(addr, USE_SPLICE, queued);
+	report_use(addr, fd, USE_SPLICE, queued);
 }
 
 /* recv(MSG_OOB) on a socket holding redirected bytes: tcp_bpf_recvmsg reads
@@ -1068,7 +1077,7 @@ static __always_inline void report_stalled_splice(__u64 addr)
  * those bytes instead of the urgent byte, and that byte is gone from the
  * stream. Nothing at syscall entry can stop it; it is counted and reported
  * on every such call, not only a socket's first. */
-static __always_inline void report_oob_misread(__u64 addr)
+static __always_inline void report_oob_misread(__u64 addr, __u64 fd)
 {
 	struct accel_stats *st = stats();
 	__u32 queued = psock_queued(addr);
@@ -1076,7 +1085,7 @@ static __always_inline void report_oob_misread(__u64 addr)
 	if (!queued || !st)
 		return;
 	__sync_fetch_and_add(&st->oob_misread, 1);
-	report_use(addr, USE_OOB, queued);
+	report_use(addr, fd, USE_OOB, queued);
 }
 
 static __always_inline __u64 mark_use(__u64 fd, __u32 reason)
@@ -1101,7 +1110,7 @@ static __always_inline __u64 mark_use(__u64 fd, __u32 reason)
 		__sync_fetch_and_add(&gate->marks, 1);
 		__sync_fetch_and_add(&gate->unconsumed, 1);
 		if (reason == USE_SPLICE)
-			report_stalled_splice(addr);
+			report_stalled_splice(addr, fd);
 	}
 	return addr;
 }
@@ -1128,7 +1137,7 @@ static __always_inline void check_flags(__u64 fd, __u64 flags, int receiving)
 	if (flags & MSG_OOB) {
 		addr = mark_use(fd, USE_OOB);
 		if (addr && receiving)
-			report_oob_misread(addr);
+			report_oob_misread(addr, fd);
 	} else if (receiving && (flags & MSG_WAITALL)) {
 		mark_use(fd, USE_WAITALL);
 	}

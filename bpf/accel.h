@@ -198,6 +198,8 @@ struct use_event {
 	__u16 remote_port; /* host byte order */
 	__u32 reason;      /* USE_* */
 	char comm[16];
+	__s32 fd;          /* the socket's descriptor in that process */
+	__u32 _pad;
 };
 
 /* Calls on an accelerated socket whose semantics the redirect path breaks,

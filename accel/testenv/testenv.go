@@ -125,7 +125,11 @@ func Start(t testing.TB, cfg accel.Config) *accel.Accelerator {
 	if cfg.MaxConns == 0 {
 		cfg.MaxConns = 1024
 	}
-	a, err := accel.New(cfg, zap.NewNop())
+	log := zap.NewNop()
+	if os.Getenv("SOCKACCEL_TEST_LOG") != "" {
+		log = zap.NewExample() // the daemon's log in the test output, for debugging
+	}
+	a, err := accel.New(cfg, log)
 	if err != nil {
 		t.Fatalf("start accelerator: %v", err)
 	}
