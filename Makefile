@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION)
 
 PREFIX ?= /usr/local
 
-.PHONY: all generate check-generate build test soak lint clean bench install test-kernel
+.PHONY: all generate check-generate build test soak soak-transitions lint clean bench install test-kernel
 
 all: generate build
 
@@ -43,9 +43,16 @@ lint:
 # ordering, backpressure, churn and cleanup tests, SOAK_COUNT times over
 # (default 20, about 17 minutes here: 52 s a round). Any failure stops it.
 SOAK_COUNT ?= 20
-SOAK_TESTS := TestCompatibilityMatrix|TestNginx|TestRedis|TestHAProxy|TestSplice|TestRedirectIntegrity|TestOrdering|TestIsolation|TestBacklog|TestConntrackChurn|TestCleanupUnderLoad|TestRcvlowat|TestZerocopy
+SOAK_TESTS := TestCompatibilityMatrix|TestNginx|TestRedis|TestHAProxy|TestSplice|TestRedirectIntegrity|TestOrdering|TestIsolation|TestBacklog|TestConntrackChurn|TestCleanupUnderLoad|TestRcvlowat|TestZerocopy|TestBlockingPeers|TestBackpressureLikeTCP|TestOOBMisread
 soak: build
 	$(GO) test -p 1 -count=$(SOAK_COUNT) -failfast -timeout 6h -run '$(SOAK_TESTS)' ./accel/
+
+# Transition soak (root): cleanup under load with blocking Python echo peers
+# (8 connections, 64 MiB each way), TRANSITION_ROUNDS times; any broken
+# connection or lost byte fails it. About 3 s a round here.
+TRANSITION_ROUNDS ?= 50
+soak-transitions: build
+	$(GO) test -p 1 -count=$(TRANSITION_ROUNDS) -failfast -timeout 2h -run 'TestCleanupUnderLoadBlockingPeers$$' ./accel/
 
 # Privileged tests on another kernel, booted in qemu (root; downloads and
 # caches a Debian guest on first use, see .ci/kernel/run.sh):

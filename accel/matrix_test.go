@@ -266,10 +266,24 @@ var behaviours = []behaviour{
 	}},
 }
 
+// The matrix runs under two receive-buffer ceilings (net.ipv4.tcp_rmem is
+// per network namespace): the default backlog bound follows it.
 func TestCompatibilityMatrix(t *testing.T) {
 	n := newNode(t, nil)
-	tc := newTwoContainers(t, 231)
-	lo := testenv.NewNetns(t)
+	port := 7400
+	for i, rmemMax := range []int{6 << 20, 32 << 20} {
+		t.Run(fmt.Sprintf("tcp_rmem_max=%dMiB", rmemMax>>20), func(t *testing.T) {
+			tc := newTwoContainers(t, byte(233+i))
+			lo := testenv.NewNetns(t)
+			for _, ns := range []*testenv.Netns{tc.client, tc.server, lo} {
+				ns.Run(t, "sysctl", "-q", "-w", fmt.Sprintf("net.ipv4.tcp_rmem=4096 131072 %d", rmemMax))
+			}
+			compatibilityMatrix(t, n, tc, lo, byte(233+i), &port)
+		})
+	}
+}
+
+func compatibilityMatrix(t *testing.T, n *node, tc twoContainers, lo *testenv.Netns, subnet byte, port *int) {
 	type path struct {
 		name             string
 		client, server   *testenv.Netns
@@ -277,25 +291,24 @@ func TestCompatibilityMatrix(t *testing.T) {
 		listen           string
 	}
 	paths := []path{
-		{"veth/ipv4", tc.client, tc.server, "tcp4", "10.231.0.2", "[::]"},
-		{"veth/ipv6", tc.client, tc.server, "tcp6", "[fd00:231::2]", "[::]"},
+		{"veth/ipv4", tc.client, tc.server, "tcp4", fmt.Sprintf("10.%d.0.2", subnet), "[::]"},
+		{"veth/ipv6", tc.client, tc.server, "tcp6", fmt.Sprintf("[fd00:%d::2]", subnet), "[::]"},
 		{"loopback/ipv4", lo, lo, "tcp4", "127.0.0.1", "[::]"},
 		{"loopback/ipv6", lo, lo, "tcp6", "[::1]", "[::]"},
 	}
-	port := 7400
 	for _, b := range behaviours {
 		for _, pa := range paths {
 			t.Run(b.name+"/"+pa.name, func(t *testing.T) {
 				var got [2]string
 				for i, accelerated := range []bool{false, true} {
-					port++
+					*port++
 					cl, sv := testenv.Endpoint{Netns: pa.client}, testenv.Endpoint{Netns: pa.server}
 					if accelerated {
 						cl, sv = n.in(pa.client), n.in(pa.server)
 					}
-					ln := sv.Listen(t, "tcp", fmt.Sprintf("%s:%d", pa.listen, port))
+					ln := sv.Listen(t, "tcp", fmt.Sprintf("%s:%d", pa.listen, *port))
 					before := n.stats(t)
-					p := testenv.Connect(t, cl, ln, pa.network, fmt.Sprintf("%s:%d", pa.address, port), 1)[0]
+					p := testenv.Connect(t, cl, ln, pa.network, fmt.Sprintf("%s:%d", pa.address, *port), 1)[0]
 					got[i] = b.run(t, p)
 					p.Client.Close()
 					p.Server.Close()
