@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION)
 
 PREFIX ?= /usr/local
 
-.PHONY: all generate check-generate build test soak soak-transitions lint clean bench install test-kernel
+.PHONY: all generate check-generate build test soak soak-transitions lint clean bench install test-kernel deps
 
 all: generate build
 
@@ -64,6 +64,14 @@ KERNEL_TESTS := TestRedirectIntegrity|TestOrdering|TestIsolation|TestScope|TestC
 RUN ?= $(KERNEL_TESTS)
 test-kernel:
 	KERNEL='$(KERNEL)' RUN='$(RUN)' GO='$(GO)' bash .ci/kernel/run.sh
+
+# What the tests and the benchmark drive, installed with apt-get (root): the
+# tests themselves never install anything.
+TEST_PACKAGES := iproute2 python3 nginx curl wrk redis-server redis-tools haproxy
+deps:
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_PACKAGES)
+	INSTALL_ONLY=1 bash bench/run.sh
 
 bench: build
 	QUICK='$(QUICK)' SMOKE='$(SMOKE)' PROTO='$(PROTO)' OUT='$(OUT)' SOCKACCEL='$(BIN)' CC='$(CC)' GO='$(GO)' bash bench/run.sh

@@ -17,7 +17,8 @@
 #   IPTABLES=nft|legacy   force an iptables variant (default: the first that works, nft first)
 #
 # Needs root. Installs netperf (Debian non-free), iptables, gnuplot-nox and jq
-# with apt-get when missing. Everything it creates (network namespaces,
+# with apt-get when missing (not with INSTALL=0; INSTALL_ONLY=1 installs and
+# exits: make deps). Everything it creates (network namespaces,
 # cgroups, the bpffs pin dir, iptables rules, processes) is removed on exit,
 # also on failure or interrupt.
 set -euo pipefail
@@ -130,6 +131,8 @@ install_tools() {
 		pkgs+=(iproute2)
 	fi
 	((${#pkgs[@]})) || return 0
+	# The Go smoke test (make test) never installs anything: make deps does.
+	[[ ${INSTALL:-1} == 1 ]] || die "missing tools (${pkgs[*]}): run 'make deps' first"
 	command -v apt-get >/dev/null || die "missing tools (${pkgs[*]}) and no apt-get to install them"
 	log "installing ${pkgs[*]}"
 	[[ -z $nonfree ]] || enable_non_free
@@ -527,6 +530,8 @@ if ! flock -n 9; then
 fi
 
 install_tools
+# make deps: install what the benchmark needs, run nothing.
+[[ -z ${INSTALL_ONLY:-} ]] || exit 0
 
 TMPD=$(mktemp -d /tmp/sockaccel-bench.XXXXXX)
 mkdir -p "$OUT"
