@@ -31,6 +31,14 @@ func TestSmoke(t *testing.T) {
 		}
 		t.Skip("needs root (network namespaces, cgroups, BPF)")
 	}
+	for _, tool := range []string{"netperf", "netserver", "jq", "gnuplot"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is not installed (CI=true forbids skipping; make deps installs it)", tool)
+			}
+			t.Skipf("%s is not installed: run make deps", tool)
+		}
+	}
 	tmp := t.TempDir()
 	bin := filepath.Join(tmp, "sockaccel")
 	build := exec.Command("go", "build", "-o", bin, "../cmd/sockaccel")
