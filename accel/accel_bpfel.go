@@ -100,6 +100,7 @@ type accelGcState struct {
 	Pad      uint32
 	ClosedGc uint64
 	GcRuns   uint64
+	Retired  uint64
 }
 
 type accelLearnedPort struct {
@@ -169,6 +170,7 @@ const (
 	accelUseReasonUSE_SPLICE  accelUseReason = 1
 	accelUseReasonUSE_WAITALL accelUseReason = 2
 	accelUseReasonUSE_OOB     accelUseReason = 4
+	accelUseReasonUSE_RETIRE  accelUseReason = 8
 )
 
 // Names of all BPF objects in the ELF.

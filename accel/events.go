@@ -19,7 +19,10 @@ import (
 // UseEvent is an application that used an accelerated socket in a way the
 // redirect path cannot serve while bytes redirected into it were unread.
 type UseEvent struct {
-	Reason     string // "splice" (the connection stalls) or "oob" (the urgent byte was misread)
+	// "splice" (the connection stalls), "oob" (the urgent byte was
+	// misread), or "retire" (not a call: the connection left the fast path
+	// both ways for good, so its sockets can leave the sockhash).
+	Reason     string
 	Cookie     uint64 // the socket's cookie, as in Conn.Cookies
 	PID        uint32
 	Comm       string
@@ -63,6 +66,10 @@ func (a *Accelerator) RunEvents(ctx context.Context) error {
 }
 
 func (a *Accelerator) handleUse(ev UseEvent) {
+	if ev.Reason == "retire" {
+		go a.retireConn(ev.Cookie)
+		return
+	}
 	what := "application spliced from an accelerated socket with redirected bytes unread; splice cannot return them, so this connection stalls"
 	if ev.Reason == "oob" {
 		what = "application asked for urgent data (MSG_OOB) on an accelerated socket with redirected bytes unread; it got the first of those bytes instead, and that byte is gone from the stream"
@@ -188,8 +195,11 @@ func (a *Accelerator) WatchEvents(ctx context.Context, f func(UseEvent)) error {
 			return fmt.Errorf("decode detector event: %w", err)
 		}
 		reason := "splice"
-		if ev.Reason == uint32(accelUseReasonUSE_OOB) {
+		switch ev.Reason {
+		case uint32(accelUseReasonUSE_OOB):
 			reason = "oob"
+		case uint32(accelUseReasonUSE_RETIRE):
+			reason = "retire"
 		}
 		f(UseEvent{
 			Reason:     reason,

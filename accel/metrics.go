@@ -66,6 +66,7 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 	metric("sockaccel_conntrack_closed_total", "counter", "Conntrack entries removed, by what removed them.",
 		sample{`by="close_callback"`, s.ClosedDirect},
 		sample{`by="gc"`, s.Conntrack.ClosedGC})
+	metric("sockaccel_connections_retired_total", "counter", "Connections off the fast path both ways for good whose sockets left the sockhash, back to plain TCP.", one(s.Conntrack.Retired))
 	metric("sockaccel_conntrack_full_total", "counter", "Connections not tracked because conntrack was full.", one(s.CtFull))
 	metric("sockaccel_conntrack_gc_runs_total", "counter", "Fallback GC passes (zero while nothing needs collecting).", one(s.Conntrack.GCRuns))
 	_, err := io.WriteString(w, b.String())

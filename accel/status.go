@@ -38,6 +38,9 @@ type Conntrack struct {
 	Load     float64 `json:"conntrack_load"`
 	ClosedGC uint64  `json:"closed_gc"`
 	GCRuns   uint64  `json:"gc_runs"`
+	// Connections off the fast path both ways for good whose sockets the
+	// daemon took out of the sockhash, back to plain TCP.
+	Retired uint64 `json:"retired"`
 }
 
 // Stats are the BPF counters summed over CPUs.
@@ -189,7 +192,7 @@ func readConntrack(pinDir string) (Conntrack, error) {
 		if err != nil {
 			return ct, fmt.Errorf("read gc state: %w", err)
 		}
-		ct.ClosedGC, ct.GCRuns = g.ClosedGc, g.GcRuns
+		ct.ClosedGC, ct.GCRuns, ct.Retired = g.ClosedGc, g.GcRuns, g.Retired
 	}
 	return ct, nil
 }

@@ -505,3 +505,69 @@ func TestSpliceStallFailsFast(t *testing.T) {
 		t.Errorf("next relayed connection: io.Copy %v, %d of %d bytes", err, len(got), len(payload))
 	}
 }
+
+// A connection that leaves the fast path both ways for good (here: the
+// reader asks for MSG_WAITALL) is handed back to TCP completely: once no
+// redirected byte is unread the daemon takes its sockets out of the
+// sockhash, and from then on FIONREAD and everything else is plain TCP.
+func TestConnectionOffForGoodIsRetired(t *testing.T) {
+	n := newNode(t, nil)
+	ns := testenv.NewNetns(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	events := make(chan error, 1)
+	go func() { events <- n.acc.RunEvents(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-events; err != nil {
+			t.Errorf("event loop: %v", err)
+		}
+	})
+	ep := n.in(ns)
+	ln := ep.Listen(t, "tcp4", "127.0.0.1:7340")
+	p := testenv.Connect(t, ep, ln, "tcp4", "127.0.0.1:7340", 1)[0]
+	defer p.Client.Close()
+	defer p.Server.Close()
+	oneWay := func(from, to *net.TCPConn, size int) {
+		t.Helper()
+		buf := bytes.Repeat([]byte{byte(size)}, size)
+		go from.Write(buf)
+		got := make([]byte, size)
+		to.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(to, got); err != nil || !bytes.Equal(got, buf) {
+			t.Fatalf("%d bytes one way: %v", size, err)
+		}
+	}
+	oneWay(p.Client, p.Server, 1<<20)
+	oneWay(p.Server, p.Client, 1<<20)
+	before := n.status(t)
+
+	// recv(MSG_WAITALL) marks the socket (seen at syscall entry, whatever
+	// the call then returns); the next send takes the connection off the
+	// fast path for good.
+	recvRaw(t, p.Server, 4, unix.MSG_WAITALL|unix.MSG_DONTWAIT)
+	oneWay(p.Client, p.Server, 4)
+	waitFor(t, "the connection's sockets to leave the sockhash", func() (bool, string) {
+		st := n.status(t)
+		return st.Retired == before.Retired+1 && st.SockhashEntries == before.SockhashEntries-2,
+			fmt.Sprintf("retired %d, sockhash entries %d (before %d)", st.Retired-before.Retired, st.SockhashEntries, before.SockhashEntries)
+	})
+
+	// Plain TCP from here on: FIONREAD counts what is queued, and bytes
+	// cross intact both ways without being redirected.
+	p.Client.Write(make([]byte, 1234))
+	waitReadable(t, p.Server)
+	time.Sleep(20 * time.Millisecond)
+	rawFD(t, p.Server, func(fd int) {
+		if q, err := unix.IoctlGetInt(fd, unix.SIOCINQ); err != nil || q != 1234 {
+			t.Errorf("FIONREAD after retirement: %d %v, want 1234", q, err)
+		}
+	})
+	io.ReadFull(p.Server, make([]byte, 1234))
+	s := n.stats(t)
+	oneWay(p.Client, p.Server, 1<<20)
+	oneWay(p.Server, p.Client, 1<<20)
+	if after := n.stats(t); after.RedirectedBytes != s.RedirectedBytes || after.PassedBytes != s.PassedBytes {
+		t.Errorf("after retirement the connection still ran through sk_msg: redirected +%d, passed +%d",
+			after.RedirectedBytes-s.RedirectedBytes, after.PassedBytes-s.PassedBytes)
+	}
+}

@@ -765,6 +765,24 @@ static __always_inline int tcp_bytes_all_read(struct bpf_sock *sk, struct ct_ent
 	return copied == me->write_seq;
 }
 
+/* Tells the daemon that this connection just left the fast path in both
+ * directions for good: its sockets still receive through tcp_bpf_recvmsg,
+ * which ends a blocking reader's wait with EAGAIN on wake-ups that TCP
+ * sends cause, and serves FIONREAD, SO_RCVLOWAT and urgent data from the
+ * redirect queue. Out of the sockhash, they are plain TCP sockets again. */
+static __always_inline void announce_retire(struct ct_entry *e)
+{
+	struct use_event *ev = bpf_ringbuf_reserve(&sa_events, sizeof(*ev), 0);
+
+	if (!ev)
+		return; /* the connection stays as it is: on TCP, in the map */
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->cookie = e->cookie[0] ? e->cookie[0] : e->cookie[1];
+	ev->reason = USE_RETIRE;
+	ev->fd = -1;
+	bpf_ringbuf_submit(ev, 0);
+}
+
 /* Takes the connection off the fast path, both directions and for good, if
  * either end was seen using a call the redirect path does not honour.
  *
@@ -794,6 +812,7 @@ static __always_inline void consume_use_marks(struct ct_entry *e, struct accel_s
 		__sync_fetch_and_add(&gate->unconsumed, -1);
 		if (__sync_fetch_and_or(&e->off, 3) == 3)
 			continue; /* already off for another reason */
+		announce_retire(e);
 		if (m->reasons & USE_SPLICE)
 			__sync_fetch_and_add(&st->off_splice, 1);
 		if (m->reasons & USE_WAITALL)
@@ -972,10 +991,14 @@ int sockaccel_setsockopt(struct bpf_sockopt *ctx)
 	state->flags |= mark;
 	__sync_fetch_and_add(&st->off_setsockopt, 1);
 	if (e) {
+		int newly = 0;
+
 		if (mark & SOCK_F_NO_INGRESS)
-			direction_off(e, (state->side & 1) ^ 1);
+			newly |= direction_off(e, (state->side & 1) ^ 1);
 		if (mark & SOCK_F_TCP_PATH)
-			direction_off(e, state->side & 1);
+			newly |= direction_off(e, state->side & 1);
+		if (newly && e->off == 3)
+			announce_retire(e);
 	}
 	return 1;
 }

@@ -78,6 +78,9 @@ struct gc_state {
 	__u32 _pad;
 	__u64 closed_gc; /* written by the daemon only */
 	__u64 gc_runs;   /* written by the daemon only */
+	__u64 retired;   /* written by the daemon only: connections whose
+			  * sockets it took out of the sockhash once they
+			  * were off the fast path for good */
 };
 
 enum sock_flags {
@@ -208,6 +211,10 @@ enum use_reason {
 	USE_SPLICE = 1 << 0,  /* splice(2) reads only the TCP receive queue */
 	USE_WAITALL = 1 << 1, /* tcp_bpf_recvmsg ignores MSG_WAITALL */
 	USE_OOB = 1 << 2,     /* urgent data would arrive in-band */
+	/* Not a call: the connection just left the fast path both ways for
+	 * good, so the daemon can take its sockets out of the sockhash once
+	 * nothing redirected is left unread (see retireConn). */
+	USE_RETIRE = 1 << 3,
 };
 
 /* A service port excluded because an application's use of it could not be
