@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 )
 
 // Probe checks every kernel feature sockaccel relies on and names the first
@@ -51,6 +52,7 @@ func Probe() error {
 		{"bpf_probe_read_kernel in sk_msg", "5.8", func() error {
 			return features.HaveProgramHelper(ebpf.SkMsg, asm.FnProbeReadKernel)
 		}},
+		{"BPF atomic fetch instructions", "5.12", haveAtomicFetch},
 	}
 	for _, c := range checks {
 		err := c.probe()
@@ -62,4 +64,33 @@ func Probe() error {
 		}
 	}
 	return nil
+}
+
+// haveAtomicFetch loads a program using an atomic fetch-and-add, which the
+// programs are compiled with (-mcpu=v3) and kernels before 5.12 reject
+// ("BPF_STX uses reserved fields").
+func haveAtomicFetch() error {
+	const (
+		atomicDW = asm.OpCode(0xdb) // BPF_STX | BPF_DW | BPF_ATOMIC
+		fetchAdd = 0x01             // BPF_ADD | BPF_FETCH
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.SocketFilter,
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R1, 0),
+			asm.StoreMem(asm.RFP, -8, asm.R1, asm.DWord),
+			asm.Mov.Imm(asm.R1, 1),
+			{OpCode: atomicDW, Dst: asm.RFP, Src: asm.R1, Offset: -8, Constant: fetchAdd},
+			asm.Mov.Imm(asm.R0, 0),
+			asm.Return(),
+		},
+		License: "MIT",
+	})
+	if errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
+	}
+	if err != nil {
+		return err
+	}
+	return prog.Close()
 }
