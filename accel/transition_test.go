@@ -359,15 +359,7 @@ func oobExchange(t *testing.T, p testenv.Pair) (urgent string, inline int) {
 func TestOOBMisreadIsCountedAndLearned(t *testing.T) {
 	n := newNode(t, nil)
 	ns := testenv.NewNetns(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.acc.RunEvents(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("event loop: %v", err)
-		}
-	})
+	n.runEvents(t)
 
 	plain := testenv.Endpoint{Netns: ns}
 	ln := plain.Listen(t, "tcp4", "127.0.0.1:7320")
@@ -430,15 +422,7 @@ func TestOOBMisreadIsCountedAndLearned(t *testing.T) {
 func TestSpliceStallFailsFast(t *testing.T) {
 	n := newNode(t, nil)
 	ns := testenv.NewNetns(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	events := make(chan error, 1)
-	go func() { events <- n.acc.RunEvents(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-events; err != nil {
-			t.Errorf("event loop: %v", err)
-		}
-	})
+	n.runEvents(t)
 
 	ep := n.in(ns)
 	sink := testenv.Endpoint{Netns: ns}.Listen(t, "tcp4", "127.0.0.1:7331") // plain TCP: where the relay copies to
@@ -513,15 +497,7 @@ func TestSpliceStallFailsFast(t *testing.T) {
 func TestConnectionOffForGoodIsRetired(t *testing.T) {
 	n := newNode(t, nil)
 	ns := testenv.NewNetns(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	events := make(chan error, 1)
-	go func() { events <- n.acc.RunEvents(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-events; err != nil {
-			t.Errorf("event loop: %v", err)
-		}
-	})
+	n.runEvents(t)
 	ep := n.in(ns)
 	ln := ep.Listen(t, "tcp4", "127.0.0.1:7340")
 	p := testenv.Connect(t, ep, ln, "tcp4", "127.0.0.1:7340", 1)[0]
@@ -570,4 +546,18 @@ func TestConnectionOffForGoodIsRetired(t *testing.T) {
 		t.Errorf("after retirement the connection still ran through sk_msg: redirected +%d, passed +%d",
 			after.RedirectedBytes-s.RedirectedBytes, after.PassedBytes-s.PassedBytes)
 	}
+}
+
+// runEvents runs the daemon's detector-event loop (logging, learning,
+// resets, retirement) for the rest of the test.
+func (n *node) runEvents(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.acc.RunEvents(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("event loop: %v", err)
+		}
+	})
 }

@@ -665,9 +665,9 @@ static __always_inline __u64 backlog_ceiling(struct accel_config *cfg, struct so
 
 /* The default bound on one direction's unread redirected bytes, autotuned
  * like TCP's receive buffer: what the receiver consumes in
- * BACKLOG_TUNE_WINDOW_NS at the fastest pace seen, at least its receive buffer (where TCP autotuning
- * starts, or what SO_RCVBUF set) and at most its namespace's
- * net.ipv4.tcp_rmem[2] (where autotuning stops). A slow reader so holds
+ * BACKLOG_TUNE_WINDOW_NS at the fastest pace seen, at least its receive
+ * buffer (where TCP autotuning starts, or what SO_RCVBUF set) and at most
+ * its namespace's net.ipv4.tcp_rmem[2] (where autotuning stops). A slow reader so holds
  * about what TCP would let it hold, and a fast one gets room to keep the
  * sender on the fast path. Sampled only when the backlog is read. */
 static __always_inline __u64 backlog_bound(struct ct_entry *e, __u32 dir, struct accel_config *cfg,
