@@ -11,9 +11,9 @@ what a blocking reader sees when a connection changes path under it.
       "listening", then one line per connection, "ok BYTES" or
       "error ERRNO-NAME after BYTES".
   blockpeer.py duplex HOST PORT CONNS BYTES
-      Open CONNS connections; on each, one thread sends BYTES of a seeded
-      stream and shuts down writing while another reads the echo and
-      checks it. Prints one line per connection, "ok BYTES" or
+      Open CONNS connections (with a timeout); on each, one thread sends
+      BYTES of a seeded stream and shuts down writing while another reads
+      the echo and checks it. Prints one line per connection, "ok BYTES" or
       "error WHAT after BYTES".
 
 Exit status 0 only if every connection said ok.
@@ -88,6 +88,11 @@ def duplex(host, port, conns, size):
         got = 0
         try:
             s = socket.create_connection((host, port))
+            # A client with a timeout (Python then polls a non-blocking
+            # socket), as the daemon's default --conservative accelerates
+            # only such clients: a blocking client that half-closes and
+            # then waits in recv can see one EAGAIN on the fast path.
+            s.settimeout(600)
         except OSError as e:
             with lock:
                 results.append("error connect %s" % err_name(e))

@@ -29,7 +29,7 @@ func runDaemon(args []string) error {
 	backlogBytes := fs.Uint("backlog-bytes", 0, "bound on redirected-but-unread bytes per direction; past it sends go to TCP flow control until the receiver has read everything (0: what TCP would allow the receiver: its receive buffer, up to net.ipv4.tcp_rmem max)")
 	detect := fs.Bool("detect", true, "watch syscall entry for splice, recv(MSG_WAITALL) and MSG_OOB on accelerated sockets and take those connections off the fast path")
 	learnSplice := fs.Bool("learn-splice", true, "when an application's splice stalls on an accelerated connection, exclude that connection's server port from then on")
-	conservative := fs.Bool("conservative", false, "leave connections whose connect()ing socket is blocking on TCP (a blocking recv after its own shutdown(SHUT_WR) can otherwise see EAGAIN)")
+	conservative := fs.Bool("conservative", true, "leave connections whose connect()ing socket is blocking on TCP: on the fast path, a blocking recv after the socket's own shutdown(SHUT_WR) can see EAGAIN (kernel); =false accelerates them too")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "listen address for /metrics, /status, /conns and /healthz; empty disables")
 	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating new connections and remove the pins once the accelerated ones have closed")
 	cleanupTimeout := fs.Duration("cleanup-timeout", accel.DefaultDrainTimeout, "with --cleanup-on-exit: how long to wait for accelerated connections to close (then everything stays in place)")
