@@ -51,6 +51,7 @@ type accelAccelStats struct {
 	ExcludedCgroup  uint64
 	RcvlowatLowered uint64
 	OobMisread      uint64
+	Ulp             uint64
 }
 
 type accelCidrKey struct {

@@ -4,6 +4,8 @@ package accel_test
 
 import (
 	"net"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,5 +136,41 @@ func TestULPTakesConnectionOffFastPath(t *testing.T) {
 	if s.OffSetsockopt-before.OffSetsockopt != 1 || s.RedirectedMsgs != before.RedirectedMsgs {
 		t.Errorf("off_setsockopt +%d, redirected +%d: want the connection off the fast path both ways",
 			s.OffSetsockopt-before.OffSetsockopt, s.RedirectedMsgs-before.RedirectedMsgs)
+	}
+}
+
+// MPTCP subflows are TCP sockets with a ULP, which the kernel refuses in a
+// sockhash: they stay on TCP, work, and are counted as ulp, not as insert
+// errors (which is what the 4 insert_errors in 27,000 sockets of other
+// projects' test suites turned out to be).
+func TestMPTCPSubflowsStayOnTCP(t *testing.T) {
+	n := newNode(t, nil)
+	ns := testenv.NewNetns(t)
+	if out, err := exec.Command("ip", "netns", "exec", ns.Name, "sysctl", "-n", "net.mptcp.enabled").Output(); err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Skipf("this kernel has no MPTCP (net.mptcp.enabled: %q, %v)", out, err)
+	}
+	testenv.RequireTools(t, "python3")
+	const script = `
+import socket
+IPPROTO_MPTCP = 262
+ln = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+ln.bind(("127.0.0.1", 7350)); ln.listen(1)
+c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+c.settimeout(10); c.connect(("127.0.0.1", 7350))
+s, _ = ln.accept(); s.settimeout(10)
+c.sendall(b"over mptcp"); got = s.recv(100)
+s.sendall(got[::-1]); print(c.recv(100).decode())
+`
+	before := n.stats(t)
+	out := n.in(ns).Output(t, 30*time.Second, nil, "python3", "-c", script)
+	if got := strings.TrimSpace(string(out)); got != "pctpm revo" {
+		t.Fatalf("MPTCP echo: %q", got)
+	}
+	s := n.stats(t)
+	t.Logf("established +%d, ulp +%d, insert_errors +%d, inserted +%d", s.Established-before.Established, s.ULP-before.ULP,
+		s.InsertErrors-before.InsertErrors, s.Inserted-before.Inserted)
+	if s.ULP-before.ULP != 2 || s.InsertErrors != before.InsertErrors || s.Inserted != before.Inserted {
+		t.Errorf("ulp +%d, insert_errors +%d, inserted +%d: want both subflow ends counted as ulp and nothing inserted",
+			s.ULP-before.ULP, s.InsertErrors-before.InsertErrors, s.Inserted-before.Inserted)
 	}
 }

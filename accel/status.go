@@ -86,6 +86,9 @@ type Stats struct {
 	// recv(MSG_OOB) calls on a socket holding redirected bytes: they
 	// returned the first of those instead of the urgent byte.
 	OOBMisread uint64 `json:"oob_misread"`
+	// Not accelerated: the socket had a ULP (MPTCP subflows, kTLS),
+	// which the kernel refuses in a sockhash.
+	ULP uint64 `json:"ulp"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -238,6 +241,7 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.ExcludedCgroup += c.ExcludedCgroup
 		s.RcvlowatLowered += c.RcvlowatLowered
 		s.OOBMisread += c.OobMisread
+		s.ULP += c.Ulp
 	}
 	return s, nil
 }

@@ -92,7 +92,7 @@ CSV_HEADER=time,run_mode,topology,test,mode,rep,seconds,client_cpu,server_cpu,th
 # ---------------------------------------------------------------- checks, tools
 
 [[ $EUID -eq 0 ]] || die "needs root (network namespaces, cgroups, BPF)"
-[[ -x $SOCKACCEL ]] || die "sockaccel binary $SOCKACCEL not found: run make build or set SOCKACCEL"
+[[ -n ${INSTALL_ONLY:-} || -x $SOCKACCEL ]] || die "sockaccel binary $SOCKACCEL not found: run make build or set SOCKACCEL"
 (($(nproc) >= 2)) || die "needs at least 2 CPUs (client on CPU $CLIENT_CPU, server on CPU $SERVER_CPU)"
 
 if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then

@@ -91,7 +91,11 @@ struct sock {
 	void *sk_user_data;
 	struct socket *sk_socket;
 } __attribute__((preserve_access_index));
+struct inet_connection_sock {
+	const void *icsk_ulp_ops; /* set for MPTCP subflows, kTLS, ... */
+} __attribute__((preserve_access_index));
 struct tcp_sock {
+	struct inet_connection_sock inet_conn;
 	__u32 write_seq;  /* end of what the application handed to TCP */
 	__u32 copied_seq; /* what the application has read from TCP */
 } __attribute__((preserve_access_index));
@@ -570,6 +574,14 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		__sync_fetch_and_add(&st->storage_errors, 1);
 		return;
 	}
+	/* The kernel refuses a socket with a ULP in a sockhash (an MPTCP
+	 * subflow has one from its start): such a connection simply stays
+	 * on TCP, counted as what it is rather than as an insert error. */
+	ks = kernel_sock(sk);
+	if (ks && ((struct tcp_sock *)ks)->inet_conn.icsk_ulp_ops) {
+		__sync_fetch_and_add(&st->ulp, 1);
+		return;
+	}
 	/* Keep what setsockopt said before establishment. */
 	state->flags &= SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH;
 	if (state->flags & SOCK_F_NO_ACCEL) {
@@ -578,7 +590,6 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	}
 	/* SO_RCVLOWAT is inherited from the listener; poll on the psock
 	 * queue ignores it, so nothing may be redirected into this socket. */
-	ks = kernel_sock(sk);
 	if (ks && ks->sk_rcvlowat > 1 && !(state->flags & SOCK_F_NO_INGRESS)) {
 		state->flags |= SOCK_F_NO_INGRESS;
 		__sync_fetch_and_add(&st->off_setsockopt, 1);

@@ -190,6 +190,9 @@ struct accel_stats {
 	/* A recv(MSG_OOB) on a socket holding redirected bytes: it returned
 	 * the first of them instead of the urgent byte. */
 	__u64 oob_misread;
+	/* not accelerated: the socket has a ULP (MPTCP subflows, kTLS), which
+	 * the kernel refuses in a sockhash */
+	__u64 ulp;
 };
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */
