@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -560,4 +561,68 @@ func (n *node) runEvents(t *testing.T) {
 			t.Errorf("event loop: %v", err)
 		}
 	})
+}
+
+// The same stall in a C relay that splices with blocking calls: its splice
+// sleeps in the kernel instead of returning EAGAIN, and the reset ends it.
+func TestSpliceStallFailsFastInC(t *testing.T) {
+	testenv.RequireTools(t, "cc")
+	n := newNode(t, nil)
+	n.runEvents(t)
+	ns := testenv.NewNetns(t)
+	relayBin := filepath.Join(t.TempDir(), "splicerelay")
+	src, err := filepath.Abs("testdata/splicerelay.c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cc", "-O2", "-Wall", "-o", relayBin, src).CombinedOutput(); err != nil {
+		t.Fatalf("build splicerelay: %v\n%s", err, out)
+	}
+	sink := testenv.Endpoint{Netns: ns}.Listen(t, "tcp4", "127.0.0.1:7361") // plain TCP upstream
+	relayOnce := func(closeWrite bool) (relay string, got int) {
+		r := n.in(ns).Start(t, relayBin, "127.0.0.1", "7360", "7361", "300")
+		r.WaitOutput(t, "listening")
+		c, err := n.in(ns).Dial(t, "tcp4", "", "127.0.0.1:7360")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		up, err := sink.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		if _, err := c.Write(bytes.Repeat([]byte("relay me "), 1000)); err != nil {
+			t.Fatal(err)
+		}
+		if closeWrite {
+			c.CloseWrite()
+		}
+		done := make(chan int, 1)
+		go func() {
+			up.SetReadDeadline(time.Now().Add(time.Minute))
+			b, _ := io.ReadAll(up)
+			done <- len(b)
+		}()
+		if err := r.Wait(time.Minute); err != nil && !strings.Contains(r.Output(), "error") {
+			t.Fatalf("relay: %v: %s", err, r.Output())
+		}
+		c.Close()
+		return strings.TrimSpace(strings.TrimPrefix(r.Output(), "listening\n")), <-done
+	}
+
+	start := time.Now()
+	relay, got := relayOnce(false)
+	t.Logf("first connection: relay said %q after %s; upstream got %d bytes", relay, time.Since(start).Round(time.Millisecond), got)
+	if !strings.HasPrefix(relay, "error") {
+		t.Errorf("the stalled relay's splice did not fail: %q", relay)
+	}
+	waitFor(t, "the relay's port to be learned", func() (bool, string) {
+		st := n.status(t)
+		return len(st.LearnedExclusions) == 1 && st.LearnedExclusions[0].Port == 7360, fmt.Sprintf("%+v", st.LearnedExclusions)
+	})
+	relay, got = relayOnce(true)
+	if relay != "ok 9000" || got != 9000 {
+		t.Errorf("next connection: relay said %q, upstream got %d of 9000 bytes", relay, got)
+	}
 }
