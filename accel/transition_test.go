@@ -565,7 +565,7 @@ func (n *node) runEvents(t *testing.T) {
 
 // The same stall in a C relay that splices with blocking calls: its splice
 // sleeps in the kernel instead of returning EAGAIN, and the reset ends it.
-func TestSpliceStallFailsFastInC(t *testing.T) {
+func TestCSpliceRelayStallFailsFast(t *testing.T) {
 	testenv.RequireTools(t, "cc")
 	n := newNode(t, nil)
 	n.runEvents(t)
