@@ -131,7 +131,9 @@ func TestNginx(t *testing.T) {
 		t.Fatal("wrk completed no requests")
 	}
 	after := h.n.stats(t)
-	checkAppAccelerated(t, before, after, 2*32<<20)
+	// The rate-limited fetch is a slow reader: past the backlog bound part
+	// of it goes through TCP's flow control, as it should.
+	checkAppAccelerated(t, before, after, 32<<20)
 }
 
 // redis-server with redis-benchmark (pipelined and not), and a 4 MiB value
