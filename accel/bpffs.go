@@ -33,7 +33,7 @@ func EnsureBPFFS(pinDir string) error {
 			if err := os.MkdirAll(DefaultBPFFS, 0o755); err != nil {
 				return fmt.Errorf("create %s: %w", DefaultBPFFS, err)
 			}
-			if err := unix.Mount("bpf", DefaultBPFFS, "bpf", 0, "mode=0700"); err != nil {
+			if err := unix.Mount("bpf", DefaultBPFFS, "bpf", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700"); err != nil {
 				return fmt.Errorf("mount bpffs at %s: %w", DefaultBPFFS, err)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -427,6 +428,18 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	if got := get("/healthz"); got != "ok\n" {
 		t.Errorf("/healthz: %q", got)
+	}
+	// A client that never finishes its request is cut off, not held.
+	slow, err := net.Dial("tcp", m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	slow.Write([]byte("GET /metrics HTTP/1.1\r\nHost: x\r\n"))
+	slow.SetReadDeadline(time.Now().Add(20 * time.Second))
+	start := time.Now()
+	if _, err := io.ReadAll(slow); err != nil {
+		t.Errorf("a client that never finished its request headers was still held after %s: %v", time.Since(start).Round(time.Second), err)
 	}
 	pairs[1].Client.Close()
 	pairs[1].Server.Close()

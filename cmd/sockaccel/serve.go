@@ -43,7 +43,16 @@ func serve(ctx context.Context, ln net.Listener, a *accel.Accelerator, log *zap.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Clients that never send, never read or idle forever are cut off:
+	// every answer here is small and computed at once.
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
 	done := make(chan error, 1)
 	go func() {
 		err := srv.Serve(ln)
