@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,6 +64,11 @@ type Config struct {
 	// MSG_WAITALL and MSG_OOB on accelerated sockets (--detect=false),
 	// which otherwise takes those connections off the fast path.
 	DisableDetect bool
+	// DetectFIONREAD watches ioctl(FIONREAD) on accelerated sockets, for
+	// kernels whose FIONREAD leaves redirected bytes out (see the kernel
+	// probes): the connection leaves the fast path and its service is
+	// learned, like a splice.
+	DetectFIONREAD bool
 	// DisableSpliceLearning stops RunEvents from excluding the service
 	// port of a connection whose splice stalled (--learn-splice=false).
 	DisableSpliceLearning bool
@@ -84,8 +88,9 @@ type Accelerator struct {
 
 	cfgMu     sync.Mutex // serialises read-modify-write of sa_config
 	exclMu    sync.Mutex
-	exclPorts []uint16 // as last set, without the learned ones
+	exclPorts []uint16
 	exclCIDRs []netip.Prefix
+	learnRate learnLimiter
 }
 
 // New probes the kernel, loads the programs (reusing compatible pinned maps),
@@ -135,6 +140,10 @@ func (a *Accelerator) start() error {
 	if err := os.MkdirAll(a.cfg.PinDir, 0o700); err != nil {
 		return fmt.Errorf("create pin dir %s: %w", a.cfg.PinDir, err)
 	}
+	carried, err := carryStats(a.cfg.PinDir, spec.Maps[accelMapSaStats])
+	if err != nil {
+		return err
+	}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: a.cfg.PinDir}}
 	if err := spec.LoadAndAssign(&a.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
@@ -146,6 +155,9 @@ func (a *Accelerator) start() error {
 			return fmt.Errorf("load BPF programs: %-20v", ve)
 		}
 		return fmt.Errorf("load BPF programs: %w", err)
+	}
+	if err := restoreStats(a.objs.SaStats, carried); err != nil {
+		return err
 	}
 	var flags uint32
 	if a.cfg.DisableConntrack {
@@ -165,6 +177,12 @@ func (a *Accelerator) start() error {
 		return err
 	}
 	if err := a.SetExcludedCgroups(a.cfg.ExcludeCgroups); err != nil {
+		return err
+	}
+	if err := a.adoptLegacyLearned(); err != nil {
+		return err
+	}
+	if err := a.updateLearnedFlag(); err != nil {
 		return err
 	}
 	// sk_msg first: a socket inserted by sock_ops takes the SOCKHASH's
@@ -194,6 +212,7 @@ func (a *Accelerator) detectTracepoints() map[string]*ebpf.Program {
 		"sys_enter_sendto":     a.objs.SockaccelDetectSend,
 		"sys_enter_sendmmsg":   a.objs.SockaccelDetectSend,
 		"sys_enter_sendmsg":    a.objs.SockaccelDetectSendmsg,
+		"sys_enter_ioctl":      a.objs.SockaccelDetectIoctl,
 	}
 }
 
@@ -213,7 +232,7 @@ func (a *Accelerator) attachDetect() error {
 	}
 	for tp, prog := range a.detectTracepoints() {
 		path := filepath.Join(dir, detectLinkPrefix+tp)
-		if a.cfg.DisableDetect {
+		if a.cfg.DisableDetect || (tp == "sys_enter_ioctl" && !a.cfg.DetectFIONREAD) {
 			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("remove %s: %w", path, err)
 			}
@@ -239,7 +258,8 @@ func (a *Accelerator) attachDetect() error {
 	if a.cfg.DisableDetect {
 		a.log.Info("use detection off: splice, MSG_WAITALL and MSG_OOB are not watched")
 	} else {
-		a.log.Info("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"))
+		a.log.Info("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"),
+			zap.Bool("fionread", a.cfg.DetectFIONREAD))
 	}
 	return nil
 }
@@ -370,21 +390,13 @@ func (a *Accelerator) gc() *gc {
 // Adopted reports whether New took over pins left by an earlier run.
 func (a *Accelerator) Adopted() bool { return a.adopted }
 
-// SetExclusions replaces the excluded ports and CIDRs; learned ports
-// (sa_learned_ports, pinned) stay excluded too. New connections see the change at
-// once; programs are not reloaded.
+// SetExclusions replaces the excluded ports and CIDRs (learned exclusions
+// are kept apart, in sa_learned). New connections see the change at once;
+// programs are not reloaded.
 func (a *Accelerator) SetExclusions(ports []uint16, cidrs []netip.Prefix) error {
 	a.exclMu.Lock()
 	defer a.exclMu.Unlock()
 	a.exclPorts, a.exclCIDRs = ports, cidrs
-	ports = slices.Clone(ports)
-	learned, err := readLearned(a.objs.SaLearnedPorts)
-	if err != nil {
-		return err
-	}
-	for _, l := range learned {
-		ports = append(ports, l.Port)
-	}
 	if err := replacePorts(a.objs.SaExclPorts, ports); err != nil {
 		return fmt.Errorf("update excluded ports: %w", err)
 	}

@@ -52,6 +52,10 @@ type accelAccelStats struct {
 	RcvlowatLowered uint64
 	OobMisread      uint64
 	Ulp             uint64
+	ExcludedLearned uint64
+	Repair          uint64
+	FionreadMisread uint64
+	OffFionread     uint64
 }
 
 type accelCidrKey struct {
@@ -70,6 +74,7 @@ const (
 	accelConfigFlagsCONFIG_F_EXCL_PORTS   accelConfigFlags = 16
 	accelConfigFlagsCONFIG_F_EXCL_CIDRS   accelConfigFlags = 32
 	accelConfigFlagsCONFIG_F_EXCL_CGROUPS accelConfigFlags = 64
+	accelConfigFlagsCONFIG_F_LEARNED      accelConfigFlags = 128
 )
 
 type accelCtEntry struct {
@@ -104,7 +109,22 @@ type accelGcState struct {
 	Retired  uint64
 }
 
-type accelLearnedPort struct {
+type accelLearnedEnd uint32
+
+const (
+	accelLearnedEndLEARNED_SERVER accelLearnedEnd = 0
+	accelLearnedEndLEARNED_CLIENT accelLearnedEnd = 1
+)
+
+type accelLearnedKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Port     uint16
+	End      uint8
+	Pad      [5]uint8
+}
+
+type accelLearnedUse struct {
 	_        structs.HostLayout
 	Reasons  uint32
 	Pid      uint32
@@ -120,6 +140,7 @@ const (
 	accelSockFlagsSOCK_F_TRACKED    accelSockFlags = 4
 	accelSockFlagsSOCK_F_NO_INGRESS accelSockFlags = 8
 	accelSockFlagsSOCK_F_NO_ACCEL   accelSockFlags = 16
+	accelSockFlagsSOCK_F_REPAIR     accelSockFlags = 32
 )
 
 type accelSockKey struct {
@@ -168,10 +189,11 @@ type accelUseMark struct {
 type accelUseReason uint32
 
 const (
-	accelUseReasonUSE_SPLICE  accelUseReason = 1
-	accelUseReasonUSE_WAITALL accelUseReason = 2
-	accelUseReasonUSE_OOB     accelUseReason = 4
-	accelUseReasonUSE_RETIRE  accelUseReason = 8
+	accelUseReasonUSE_SPLICE   accelUseReason = 1
+	accelUseReasonUSE_WAITALL  accelUseReason = 2
+	accelUseReasonUSE_OOB      accelUseReason = 4
+	accelUseReasonUSE_RETIRE   accelUseReason = 8
+	accelUseReasonUSE_FIONREAD accelUseReason = 16
 )
 
 // Names of all BPF objects in the ELF.
@@ -186,12 +208,13 @@ const (
 	accelMapSaExclPorts              = "sa_excl_ports"
 	accelMapSaGc                     = "sa_gc"
 	accelMapSaGcWake                 = "sa_gc_wake"
-	accelMapSaLearnedPorts           = "sa_learned_ports"
+	accelMapSaLearned                = "sa_learned"
 	accelMapSaSockState              = "sa_sock_state"
 	accelMapSaSockhash               = "sa_sockhash"
 	accelMapSaStats                  = "sa_stats"
 	accelMapSaUseGate                = "sa_use_gate"
 	accelMapSaUseMarks               = "sa_use_marks"
+	accelProgSockaccelDetectIoctl    = "sockaccel_detect_ioctl"
 	accelProgSockaccelDetectRecv     = "sockaccel_detect_recv"
 	accelProgSockaccelDetectRecvmsg  = "sockaccel_detect_recvmsg"
 	accelProgSockaccelDetectSend     = "sockaccel_detect_send"
@@ -203,6 +226,7 @@ const (
 	accelProgSockaccelSockops        = "sockaccel_sockops"
 	accelVarUnusedConfigFlags        = "unused_config_flags"
 	accelVarUnusedCtSide             = "unused_ct_side"
+	accelVarUnusedLearnedEnd         = "unused_learned_end"
 	accelVarUnusedSockFlags          = "unused_sock_flags"
 	accelVarUnusedUseEvent           = "unused_use_event"
 	accelVarUnusedUseReason          = "unused_use_reason"
@@ -250,6 +274,7 @@ type accelSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelProgramSpecs struct {
+	SockaccelDetectIoctl    *ebpf.ProgramSpec `ebpf:"sockaccel_detect_ioctl"`
 	SockaccelDetectRecv     *ebpf.ProgramSpec `ebpf:"sockaccel_detect_recv"`
 	SockaccelDetectRecvmsg  *ebpf.ProgramSpec `ebpf:"sockaccel_detect_recvmsg"`
 	SockaccelDetectSend     *ebpf.ProgramSpec `ebpf:"sockaccel_detect_send"`
@@ -265,20 +290,20 @@ type accelProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelMapSpecs struct {
-	SaConfig       *ebpf.MapSpec `ebpf:"sa_config"`
-	SaConntrack    *ebpf.MapSpec `ebpf:"sa_conntrack"`
-	SaEvents       *ebpf.MapSpec `ebpf:"sa_events"`
-	SaExclCgroups  *ebpf.MapSpec `ebpf:"sa_excl_cgroups"`
-	SaExclCidrs    *ebpf.MapSpec `ebpf:"sa_excl_cidrs"`
-	SaExclPorts    *ebpf.MapSpec `ebpf:"sa_excl_ports"`
-	SaGc           *ebpf.MapSpec `ebpf:"sa_gc"`
-	SaGcWake       *ebpf.MapSpec `ebpf:"sa_gc_wake"`
-	SaLearnedPorts *ebpf.MapSpec `ebpf:"sa_learned_ports"`
-	SaSockState    *ebpf.MapSpec `ebpf:"sa_sock_state"`
-	SaSockhash     *ebpf.MapSpec `ebpf:"sa_sockhash"`
-	SaStats        *ebpf.MapSpec `ebpf:"sa_stats"`
-	SaUseGate      *ebpf.MapSpec `ebpf:"sa_use_gate"`
-	SaUseMarks     *ebpf.MapSpec `ebpf:"sa_use_marks"`
+	SaConfig      *ebpf.MapSpec `ebpf:"sa_config"`
+	SaConntrack   *ebpf.MapSpec `ebpf:"sa_conntrack"`
+	SaEvents      *ebpf.MapSpec `ebpf:"sa_events"`
+	SaExclCgroups *ebpf.MapSpec `ebpf:"sa_excl_cgroups"`
+	SaExclCidrs   *ebpf.MapSpec `ebpf:"sa_excl_cidrs"`
+	SaExclPorts   *ebpf.MapSpec `ebpf:"sa_excl_ports"`
+	SaGc          *ebpf.MapSpec `ebpf:"sa_gc"`
+	SaGcWake      *ebpf.MapSpec `ebpf:"sa_gc_wake"`
+	SaLearned     *ebpf.MapSpec `ebpf:"sa_learned"`
+	SaSockState   *ebpf.MapSpec `ebpf:"sa_sock_state"`
+	SaSockhash    *ebpf.MapSpec `ebpf:"sa_sockhash"`
+	SaStats       *ebpf.MapSpec `ebpf:"sa_stats"`
+	SaUseGate     *ebpf.MapSpec `ebpf:"sa_use_gate"`
+	SaUseMarks    *ebpf.MapSpec `ebpf:"sa_use_marks"`
 }
 
 // accelVariableSpecs contains global variables before they are loaded into the kernel.
@@ -287,6 +312,7 @@ type accelMapSpecs struct {
 type accelVariableSpecs struct {
 	UnusedConfigFlags *ebpf.VariableSpec `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.VariableSpec `ebpf:"unused_ct_side"`
+	UnusedLearnedEnd  *ebpf.VariableSpec `ebpf:"unused_learned_end"`
 	UnusedSockFlags   *ebpf.VariableSpec `ebpf:"unused_sock_flags"`
 	UnusedUseEvent    *ebpf.VariableSpec `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.VariableSpec `ebpf:"unused_use_reason"`
@@ -312,20 +338,20 @@ func (o *accelObjects) Close() error {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelMaps struct {
-	SaConfig       *ebpf.Map `ebpf:"sa_config"`
-	SaConntrack    *ebpf.Map `ebpf:"sa_conntrack"`
-	SaEvents       *ebpf.Map `ebpf:"sa_events"`
-	SaExclCgroups  *ebpf.Map `ebpf:"sa_excl_cgroups"`
-	SaExclCidrs    *ebpf.Map `ebpf:"sa_excl_cidrs"`
-	SaExclPorts    *ebpf.Map `ebpf:"sa_excl_ports"`
-	SaGc           *ebpf.Map `ebpf:"sa_gc"`
-	SaGcWake       *ebpf.Map `ebpf:"sa_gc_wake"`
-	SaLearnedPorts *ebpf.Map `ebpf:"sa_learned_ports"`
-	SaSockState    *ebpf.Map `ebpf:"sa_sock_state"`
-	SaSockhash     *ebpf.Map `ebpf:"sa_sockhash"`
-	SaStats        *ebpf.Map `ebpf:"sa_stats"`
-	SaUseGate      *ebpf.Map `ebpf:"sa_use_gate"`
-	SaUseMarks     *ebpf.Map `ebpf:"sa_use_marks"`
+	SaConfig      *ebpf.Map `ebpf:"sa_config"`
+	SaConntrack   *ebpf.Map `ebpf:"sa_conntrack"`
+	SaEvents      *ebpf.Map `ebpf:"sa_events"`
+	SaExclCgroups *ebpf.Map `ebpf:"sa_excl_cgroups"`
+	SaExclCidrs   *ebpf.Map `ebpf:"sa_excl_cidrs"`
+	SaExclPorts   *ebpf.Map `ebpf:"sa_excl_ports"`
+	SaGc          *ebpf.Map `ebpf:"sa_gc"`
+	SaGcWake      *ebpf.Map `ebpf:"sa_gc_wake"`
+	SaLearned     *ebpf.Map `ebpf:"sa_learned"`
+	SaSockState   *ebpf.Map `ebpf:"sa_sock_state"`
+	SaSockhash    *ebpf.Map `ebpf:"sa_sockhash"`
+	SaStats       *ebpf.Map `ebpf:"sa_stats"`
+	SaUseGate     *ebpf.Map `ebpf:"sa_use_gate"`
+	SaUseMarks    *ebpf.Map `ebpf:"sa_use_marks"`
 }
 
 func (m *accelMaps) Close() error {
@@ -338,7 +364,7 @@ func (m *accelMaps) Close() error {
 		m.SaExclPorts,
 		m.SaGc,
 		m.SaGcWake,
-		m.SaLearnedPorts,
+		m.SaLearned,
 		m.SaSockState,
 		m.SaSockhash,
 		m.SaStats,
@@ -353,6 +379,7 @@ func (m *accelMaps) Close() error {
 type accelVariables struct {
 	UnusedConfigFlags *ebpf.Variable `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.Variable `ebpf:"unused_ct_side"`
+	UnusedLearnedEnd  *ebpf.Variable `ebpf:"unused_learned_end"`
 	UnusedSockFlags   *ebpf.Variable `ebpf:"unused_sock_flags"`
 	UnusedUseEvent    *ebpf.Variable `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.Variable `ebpf:"unused_use_reason"`
@@ -362,6 +389,7 @@ type accelVariables struct {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelPrograms struct {
+	SockaccelDetectIoctl    *ebpf.Program `ebpf:"sockaccel_detect_ioctl"`
 	SockaccelDetectRecv     *ebpf.Program `ebpf:"sockaccel_detect_recv"`
 	SockaccelDetectRecvmsg  *ebpf.Program `ebpf:"sockaccel_detect_recvmsg"`
 	SockaccelDetectSend     *ebpf.Program `ebpf:"sockaccel_detect_send"`
@@ -375,6 +403,7 @@ type accelPrograms struct {
 
 func (p *accelPrograms) Close() error {
 	return _AccelClose(
+		p.SockaccelDetectIoctl,
 		p.SockaccelDetectRecv,
 		p.SockaccelDetectRecvmsg,
 		p.SockaccelDetectSend,

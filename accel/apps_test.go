@@ -310,7 +310,7 @@ func TestHAProxySpliceLearnsExclusion(t *testing.T) {
 	if after.SpliceStalled != before.SpliceStalled {
 		t.Errorf("splice stalled %d more times after learning", after.SpliceStalled-before.SpliceStalled)
 	}
-	if err != nil && after.ExcludedPort == before.ExcludedPort {
+	if err != nil && after.ExcludedLearned == before.ExcludedLearned {
 		t.Error("no connection was excluded after the stall")
 	}
 }

@@ -43,7 +43,7 @@ func pinnedMaps() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var names []string
+	names := []string{legacyLearnedPorts}
 	for name, m := range spec.Maps {
 		if m.Pinning == ebpf.PinByName {
 			names = append(names, name)

@@ -52,17 +52,21 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`reason="storage_error"`, s.StorageErrors},
 		sample{`reason="disabled"`, s.Disabled},
 		sample{`reason="blocking"`, s.Blocking},
-		sample{`reason="ulp"`, s.ULP})
+		sample{`reason="ulp"`, s.ULP},
+		sample{`reason="excluded_learned"`, s.ExcludedLearned},
+		sample{`reason="repair"`, s.Repair})
 	metric("sockaccel_sends_backlog_total", "counter", "Sends handed to TCP because the receiver was further behind than the backlog bound.", one(s.OffBacklog))
 	metric("sockaccel_directions_off_total", "counter", "Connection directions taken off the fast path for good, by reason.",
 		sample{`reason="setsockopt"`, s.OffSetsockopt})
 	metric("sockaccel_connections_off_total", "counter", "Connections taken off the fast path for good when an application first used a call the redirect path does not honour, by call.",
 		sample{`reason="splice"`, s.OffSplice},
 		sample{`reason="waitall"`, s.OffWaitall},
-		sample{`reason="oob"`, s.OffOOB})
+		sample{`reason="oob"`, s.OffOOB},
+		sample{`reason="fionread"`, s.OffFIONREAD})
 	metric("sockaccel_splice_stalled_total", "counter", "Sockets an application spliced from while redirected bytes were unread (splice cannot return them: exclude that port or cgroup).", one(s.SpliceStalled))
 	metric("sockaccel_rcvlowat_lowered_total", "counter", "SO_RCVLOWAT calls on sockets that had bytes redirected into them, applied as 1 so that no wait depends on those bytes.", one(s.RcvlowatLowered))
-	metric("sockaccel_oob_misread_total", "counter", "recv(MSG_OOB) calls on sockets holding redirected bytes, which returned an ordinary byte instead of the urgent one (that service's port is excluded from then on with --learn-splice).", one(s.OOBMisread))
+	metric("sockaccel_oob_misread_total", "counter", "recv(MSG_OOB) calls on sockets holding redirected bytes, which returned an ordinary byte instead of the urgent one (that service is learned from then on with --learn-splice).", one(s.OOBMisread))
+	metric("sockaccel_fionread_misread_total", "counter", "ioctl(FIONREAD) calls on sockets holding redirected bytes, on a kernel whose FIONREAD leaves those out, so it reported too little (that service is learned from then on with --learn-splice).", one(s.FIONREADMisread))
 	metric("sockaccel_directions_resumed_total", "counter", "Directions back on the fast path after the receiver read every byte that went through TCP.", one(s.Resumed))
 	metric("sockaccel_conntrack_closed_total", "counter", "Conntrack entries removed, by what removed them.",
 		sample{`by="close_callback"`, s.ClosedDirect},

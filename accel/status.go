@@ -23,8 +23,8 @@ type Status struct {
 	CgroupID        uint64 `json:"cgroup_id"`
 	SockhashEntries uint64 `json:"sockhash_entries"`
 	MaxConns        uint32 `json:"max_conns"`
-	// Service ports excluded after a stalled splice or a misread urgent
-	// byte; pinned, so they outlive restarts until cleanup.
+	// Services kept on TCP after a stalled splice, a misread urgent byte
+	// or FIONREAD; pinned, so they outlive restarts until cleanup.
 	LearnedExclusions []LearnedExclusion `json:"learned_exclusions"`
 	Stats
 	Conntrack
@@ -89,6 +89,17 @@ type Stats struct {
 	// Not accelerated: the socket had a ULP (MPTCP subflows, kTLS),
 	// which the kernel refuses in a sockhash.
 	ULP uint64 `json:"ulp"`
+	// Not accelerated: a learned exclusion matched the socket.
+	ExcludedLearned uint64 `json:"excluded_learned"`
+	// Not accelerated: the socket was in TCP_REPAIR mode, whose chosen
+	// sequence numbers could claim another connection's key.
+	Repair uint64 `json:"repair"`
+	// ioctl(FIONREAD) calls on sockets holding redirected bytes, on a
+	// kernel whose FIONREAD leaves those out: they reported too little.
+	FIONREADMisread uint64 `json:"fionread_misread"`
+	// Connections taken off the fast path for good when one end first
+	// asked FIONREAD (only where the kernel gets it wrong).
+	OffFIONREAD uint64 `json:"off_fionread"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -137,17 +148,15 @@ func ReadStatus(pinDir string) (Status, error) {
 	s.Conntrack = ct
 
 	s.LearnedExclusions = []LearnedExclusion{}
-	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaLearnedPorts), nil); err == nil {
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaLearned), nil); err == nil {
 		learned, err := readLearned(m)
 		m.Close()
 		if err != nil {
 			return s, err
 		}
-		if learned != nil {
-			s.LearnedExclusions = learned
-		}
+		s.LearnedExclusions = learned
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return s, fmt.Errorf("load pinned learned ports: %w", err)
+		return s, fmt.Errorf("load pinned learned exclusions: %w", err)
 	}
 
 	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaStats), nil); err == nil {
@@ -242,6 +251,10 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.RcvlowatLowered += c.RcvlowatLowered
 		s.OOBMisread += c.OobMisread
 		s.ULP += c.Ulp
+		s.ExcludedLearned += c.ExcludedLearned
+		s.Repair += c.Repair
+		s.FIONREADMisread += c.FionreadMisread
+		s.OffFIONREAD += c.OffFionread
 	}
 	return s, nil
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/sockaccel/sockaccel/accel"
 	"github.com/sockaccel/sockaccel/accel/testenv"
+	"github.com/sockaccel/sockaccel/cgroup"
 )
 
 // blockPeer is testdata/blockpeer.py: servers and clients with blocking
@@ -396,12 +398,17 @@ func TestOOBMisreadIsCountedAndLearned(t *testing.T) {
 	if s := n.stats(t); s.OOBMisread-before.OOBMisread != 1 {
 		t.Errorf("oob_misread +%d, want 1", s.OOBMisread-before.OOBMisread)
 	}
-	waitFor(t, "the service port to be learned", func() (bool, string) {
+	waitFor(t, "the service to be learned", func() (bool, string) {
 		st := n.status(t)
 		return len(st.LearnedExclusions) == 1 && st.LearnedExclusions[0].Port == 7321, fmt.Sprintf("%+v", st.LearnedExclusions)
 	})
-	if l := n.status(t).LearnedExclusions[0]; !slices.Equal(l.Reasons, []string{"oob"}) || l.Comm == "" {
-		t.Errorf("learned exclusion %+v, want reason oob and the process name", l)
+	cgid, err := cgroup.Inode(n.cg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := n.status(t).LearnedExclusions[0]
+	if !slices.Equal(l.Reasons, []string{"oob"}) || l.Comm == "" || l.End != "server" || l.CgroupID != cgid || l.Cgroup != n.cg.Path {
+		t.Errorf("learned exclusion %+v, want reason oob, the process name, the server end and cgroup %s (id %d)", l, n.cg.Path, cgid)
 	}
 
 	before = n.stats(t)
@@ -410,19 +417,39 @@ func TestOOBMisreadIsCountedAndLearned(t *testing.T) {
 	if urgent != wantUrgent || inline != wantInline {
 		t.Errorf("next connection: urgent %s, %d inline bytes; plain TCP: urgent %s, %d", urgent, inline, wantUrgent, wantInline)
 	}
-	if s := n.stats(t); s.ExcludedPort-before.ExcludedPort != 2 {
-		t.Errorf("excluded_port +%d, want both ends of the next connection excluded", s.ExcludedPort-before.ExcludedPort)
+	if s := n.stats(t); s.ExcludedLearned-before.ExcludedLearned != 1 {
+		t.Errorf("excluded_learned +%d, want the server end of the next connection excluded", s.ExcludedLearned-before.ExcludedLearned)
 	}
 
-	// Learned ports survive a restart of the daemon.
+	// Another tenant's service on the same port number, in a cgroup of
+	// its own, stays on the fast path.
+	tenant := testenv.ChildCgroup(t, n.cg, "tenant")
+	other := testenv.Endpoint{Netns: testenv.NewNetns(t), Cgroup: &tenant}
+	before = n.stats(t)
+	oln := other.Listen(t, "tcp4", "127.0.0.1:7321")
+	op := testenv.Connect(t, other, oln, "tcp4", "127.0.0.1:7321", 1)[0]
+	defer op.Client.Close()
+	defer op.Server.Close()
+	if _, err := op.Client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(op.Server, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if s := n.stats(t); s.ExcludedLearned != before.ExcludedLearned || s.Inserted-before.Inserted != 2 || s.RedirectedMsgs == before.RedirectedMsgs {
+		t.Errorf("another cgroup's service on port 7321: excluded_learned +%d, inserted +%d, redirected +%d; want 0, 2, 1",
+			s.ExcludedLearned-before.ExcludedLearned, s.Inserted-before.Inserted, s.RedirectedMsgs-before.RedirectedMsgs)
+	}
+
+	// Learned exclusions survive a restart of the daemon.
 	n.acc.Close()
 	again := testenv.Start(t, accel.Config{Cgroup: n.cg, PinDir: n.pin, MaxConns: 1024})
 	st, err := again.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.LearnedExclusions) != 1 || st.LearnedExclusions[0].Port != 7321 {
-		t.Errorf("after a restart learned exclusions are %+v", st.LearnedExclusions)
+	if len(st.LearnedExclusions) != 1 || !reflect.DeepEqual(st.LearnedExclusions[0], l) {
+		t.Errorf("after a restart learned exclusions are %+v, want %+v", st.LearnedExclusions, l)
 	}
 	before, _ = again.Stats()
 	third := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7321", 1)[0]
@@ -430,8 +457,8 @@ func TestOOBMisreadIsCountedAndLearned(t *testing.T) {
 	defer third.Server.Close()
 	third.Client.Write([]byte("x"))
 	third.Server.Read(make([]byte, 1))
-	if after, _ := again.Stats(); after.ExcludedPort-before.ExcludedPort != 2 {
-		t.Errorf("after a restart excluded_port +%d, want 2", after.ExcludedPort-before.ExcludedPort)
+	if after, _ := again.Stats(); after.ExcludedLearned-before.ExcludedLearned != 1 {
+		t.Errorf("after a restart excluded_learned +%d, want 1", after.ExcludedLearned-before.ExcludedLearned)
 	}
 }
 
@@ -646,5 +673,64 @@ func TestCSpliceRelayStallFailsFast(t *testing.T) {
 	relay, got = relayOnce(true)
 	if relay != "ok 9000" || got != 9000 {
 		t.Errorf("next connection: relay said %q, upstream got %d of 9000 bytes", relay, got)
+	}
+}
+
+// On kernels whose FIONREAD leaves redirected bytes out (Debian 12's 6.1)
+// the daemon watches ioctl(FIONREAD) (Config.DetectFIONREAD, which the
+// kernel probe sets there). A FIONREAD while redirected bytes are unread is
+// counted and reported, takes that connection off the fast path, and the
+// service is learned: its next connection is plain TCP, where FIONREAD is
+// exact. The mechanism is tested on every kernel by turning it on.
+func TestFIONREADUsersAreLearned(t *testing.T) {
+	n := newNode(t, func(c *accel.Config) { c.DetectFIONREAD = true })
+	ns := testenv.NewNetns(t)
+	n.runEvents(t)
+	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7390")
+	payload := bytes.Repeat([]byte("f"), 1234)
+	exchange := func() int {
+		t.Helper()
+		p := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7390", 1)[0]
+		defer p.Client.Close()
+		defer p.Server.Close()
+		if _, err := p.Client.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+		waitReadable(t, p.Server)
+		var inq int
+		rawFD(t, p.Server, func(fd int) {
+			var err error
+			if inq, err = unix.IoctlGetInt(fd, unix.SIOCINQ); err != nil {
+				t.Fatalf("FIONREAD: %v", err)
+			}
+		})
+		got := make([]byte, len(payload))
+		if _, err := io.ReadFull(p.Server, got); err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("read %d bytes back: %v", len(payload), err)
+		}
+		return inq
+	}
+
+	before := n.stats(t)
+	first := exchange()
+	s := n.stats(t)
+	t.Logf("first connection: FIONREAD said %d of %d queued bytes", first, len(payload))
+	if s.FIONREADMisread-before.FIONREADMisread != 1 || s.OffFIONREAD != before.OffFIONREAD {
+		t.Errorf("fionread_misread +%d, off_fionread +%d; want 1 and 0 (the connection sent nothing after the call)",
+			s.FIONREADMisread-before.FIONREADMisread, s.OffFIONREAD-before.OffFIONREAD)
+	}
+	waitFor(t, "the service to be learned", func() (bool, string) {
+		st := n.status(t)
+		return len(st.LearnedExclusions) == 1 && st.LearnedExclusions[0].Port == 7390 && st.LearnedExclusions[0].End == "server" &&
+			slices.Equal(st.LearnedExclusions[0].Reasons, []string{"fionread"}), fmt.Sprintf("%+v", st.LearnedExclusions)
+	})
+
+	before = n.stats(t)
+	if second := exchange(); second != len(payload) {
+		t.Errorf("next connection: FIONREAD said %d, want %d as over TCP", second, len(payload))
+	}
+	if s := n.stats(t); s.ExcludedLearned-before.ExcludedLearned != 1 || s.FIONREADMisread != before.FIONREADMisread {
+		t.Errorf("next connection: excluded_learned +%d, fionread_misread +%d; want 1 and 0",
+			s.ExcludedLearned-before.ExcludedLearned, s.FIONREADMisread-before.FIONREADMisread)
 	}
 }

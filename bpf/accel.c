@@ -98,7 +98,25 @@ struct tcp_sock {
 	struct inet_connection_sock inet_conn;
 	__u32 write_seq;  /* end of what the application handed to TCP */
 	__u32 copied_seq; /* what the application has read from TCP */
+	__u8 repair : 1;  /* TCP_REPAIR: sequence numbers set by the caller */
 } __attribute__((preserve_access_index));
+
+/* CO-RE reads of a bitfield (the kinds of __builtin_preserve_field_info,
+ * as libbpf's bpf_core_read.h names them). */
+#define FIELD_BYTE_OFFSET 0
+#define FIELD_BYTE_SIZE 1
+#define FIELD_LSHIFT_U64 4
+#define FIELD_RSHIFT_U64 5
+#define READ_BITFIELD(s, field)                                                              \
+	({                                                                                   \
+		unsigned long long __v = 0;                                                  \
+		bpf_probe_read_kernel(&__v, __builtin_preserve_field_info((s)->field, FIELD_BYTE_SIZE), \
+				      (const void *)(s) +                                    \
+					      __builtin_preserve_field_info((s)->field, FIELD_BYTE_OFFSET)); \
+		__v <<= __builtin_preserve_field_info((s)->field, FIELD_LSHIFT_U64);         \
+		__v >>= __builtin_preserve_field_info((s)->field, FIELD_RSHIFT_U64);         \
+		__v;                                                                         \
+	})
 
 #define S_IFMT 0170000
 #define S_IFSOCK 0140000
@@ -111,6 +129,8 @@ struct tcp_sock {
 #define SO_RCVLOWAT 18
 #define IPPROTO_TCP 6
 #define TCP_ULP 31
+#define TCP_REPAIR 19
+#define FIONREAD 0x541B /* SIOCINQ */
 
 /* Keep the flag enums in BTF so bpf2go emits them for the Go side. */
 const enum config_flags *unused_config_flags __attribute__((unused));
@@ -118,6 +138,7 @@ const enum sock_flags *unused_sock_flags __attribute__((unused));
 const enum ct_side *unused_ct_side __attribute__((unused));
 const enum use_reason *unused_use_reason __attribute__((unused));
 const struct use_event *unused_use_event __attribute__((unused));
+const enum learned_end *unused_learned_end __attribute__((unused));
 
 
 /* Both ends of every accelerated connection. Sized at load time from
@@ -229,16 +250,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sa_use_gate SEC(".maps");
 
-/* Service ports the daemon excluded after a stalled splice or a misread
- * urgent byte (struct learned_port); the daemon adds them to sa_excl_ports
- * at every start. */
+/* Services the daemon learned to keep on TCP (struct learned_key). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
-	__type(key, __u16);
-	__type(value, struct learned_port);
+	__type(key, struct learned_key);
+	__type(value, struct learned_use);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sa_learned_ports SEC(".maps");
+} sa_learned SEC(".maps");
 
 /* Detector events for the daemon's log (struct use_event). */
 struct {
@@ -330,6 +349,22 @@ static __always_inline int cgroup_excluded(struct sock *ks)
 static __always_inline struct sock *kernel_sock(struct bpf_sock *sk)
 {
 	return (struct sock *)bpf_skc_to_tcp_sock(sk);
+}
+
+static __always_inline int learned_match(__u64 cgroup_id, __u16 port, __u8 end)
+{
+	struct learned_key k = { .cgroup_id = cgroup_id, .port = port, .end = end };
+
+	return bpf_map_lookup_elem(&sa_learned, &k) != NULL;
+}
+
+/* Whether a learned exclusion covers this socket: the service port at this
+ * end, in this socket's cgroup or in any (cgroup 0). */
+static __always_inline int learned_excluded(__u64 cgroup_id, __u16 local_port, __u16 remote_port)
+{
+	return learned_match(cgroup_id, local_port, LEARNED_SERVER) ||
+	       learned_match(cgroup_id, remote_port, LEARNED_CLIENT) ||
+	       learned_match(0, local_port, LEARNED_SERVER) || learned_match(0, remote_port, LEARNED_CLIENT);
 }
 
 /* The cgroup v2 id the socket is charged to (its creator's, or its
@@ -556,6 +591,12 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		__sync_fetch_and_add(&st->excluded_cgroup, 1);
 		return;
 	}
+	if ((flags & CONFIG_F_LEARNED) && skops->sk &&
+	    learned_excluded(sock_cgroup_id(kernel_sock(skops->sk)), (__u16)skops->local_port,
+			     bpf_ntohs(key.remote_port))) {
+		__sync_fetch_and_add(&st->excluded_learned, 1);
+		return;
+	}
 
 	/* Having sent nothing yet, snd_nxt is our ISN + 1. The peer may
 	 * already have sent data (its first segment can complete the
@@ -582,8 +623,20 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		__sync_fetch_and_add(&st->ulp, 1);
 		return;
 	}
+	/* A socket in repair mode chose its own sequence numbers, so its key
+	 * could be another connection's: it is never paired. (The setsockopt
+	 * hook marks it too; this catches one put in repair mode before the
+	 * daemon attached.) */
+	if (ks && READ_BITFIELD((struct tcp_sock *)ks, repair)) {
+		__sync_fetch_and_add(&st->repair, 1);
+		return;
+	}
 	/* Keep what setsockopt said before establishment. */
-	state->flags &= SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH;
+	state->flags &= SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH | SOCK_F_REPAIR;
+	if (state->flags & SOCK_F_REPAIR) {
+		__sync_fetch_and_add(&st->repair, 1);
+		return;
+	}
 	if (state->flags & SOCK_F_NO_ACCEL) {
 		__sync_fetch_and_add(&st->off_setsockopt, 1);
 		return;
@@ -830,6 +883,8 @@ static __always_inline void consume_use_marks(struct ct_entry *e, struct accel_s
 			__sync_fetch_and_add(&st->off_waitall, 1);
 		if (m->reasons & USE_OOB)
 			__sync_fetch_and_add(&st->off_oob, 1);
+		if (m->reasons & USE_FIONREAD)
+			__sync_fetch_and_add(&st->off_fionread, 1);
 	}
 }
 
@@ -987,6 +1042,11 @@ int sockaccel_setsockopt(struct bpf_sockopt *ctx)
 		mark = SOCK_F_TCP_PATH;
 	else if (level == IPPROTO_TCP && optname == TCP_ULP)
 		mark = SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH;
+	else if (level == IPPROTO_TCP && optname == TCP_REPAIR)
+		/* Whoever sets its own sequence numbers could claim another
+		 * connection's key; a live connection being checkpointed
+		 * (CRIU) must also leave the fast path. */
+		mark = SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH | SOCK_F_REPAIR;
 	else
 		return 1;
 	state = bpf_sk_storage_get(&sa_sock_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -1106,20 +1166,26 @@ static __always_inline void report_stalled_splice(__u64 addr, __u64 fd)
 	report_use(addr, fd, USE_SPLICE, queued);
 }
 
-/* recv(MSG_OOB) on a socket holding redirected bytes: tcp_bpf_recvmsg reads
- * its redirect queue whatever the flags, so the call returns the first of
- * those bytes instead of the urgent byte, and that byte is gone from the
- * stream. Nothing at syscall entry can stop it; it is counted and reported
- * on every such call, not only a socket's first. */
-static __always_inline void report_oob_misread(__u64 addr, __u64 fd)
+/* A call that read a socket holding redirected bytes as if they were not
+ * there, counted and reported on every such call, not only a socket's
+ * first. USE_OOB: tcp_bpf_recvmsg reads the redirect queue whatever the
+ * flags, so recv(MSG_OOB) returned the first of those bytes instead of the
+ * urgent byte, and that byte is gone from the stream; nothing at syscall
+ * entry can stop it. USE_FIONREAD: on kernels whose FIONREAD counts only
+ * the TCP receive queue it reported too little, and an application sizing
+ * its read or deciding the peer is done by it can stall. */
+static __always_inline void report_misread(__u64 addr, __u64 fd, __u32 reason)
 {
 	struct accel_stats *st = stats();
 	__u32 queued = psock_queued(addr);
 
 	if (!queued || !st)
 		return;
-	__sync_fetch_and_add(&st->oob_misread, 1);
-	report_use(addr, fd, USE_OOB, queued);
+	if (reason == USE_OOB)
+		__sync_fetch_and_add(&st->oob_misread, 1);
+	else
+		__sync_fetch_and_add(&st->fionread_misread, 1);
+	report_use(addr, fd, reason, queued);
 }
 
 static __always_inline __u64 mark_use(__u64 fd, __u32 reason)
@@ -1171,7 +1237,7 @@ static __always_inline void check_flags(__u64 fd, __u64 flags, int receiving)
 	if (flags & MSG_OOB) {
 		addr = mark_use(fd, USE_OOB);
 		if (addr && receiving)
-			report_oob_misread(addr, fd);
+			report_misread(addr, fd, USE_OOB);
 	} else if (receiving && (flags & MSG_WAITALL)) {
 		mark_use(fd, USE_WAITALL);
 	}
@@ -1222,5 +1288,23 @@ SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int sockaccel_detect_sendmsg(struct syscall_enter *ctx)
 {
 	check_flags(ctx->args[0], ctx->args[2], 0);
+	return 0;
+}
+
+/* ioctl(fd, FIONREAD, ...): attached only on kernels whose FIONREAD leaves
+ * redirected bytes out (the daemon's kernel probe). The mark takes the
+ * connection off the fast path, so FIONREAD is right again once the bytes
+ * redirected before it are read; the daemon learns the service so its next
+ * connections stay on TCP from the start. */
+SEC("tracepoint/syscalls/sys_enter_ioctl")
+int sockaccel_detect_ioctl(struct syscall_enter *ctx)
+{
+	__u64 addr;
+
+	if ((__u32)ctx->args[1] != FIONREAD)
+		return 0;
+	addr = mark_use(ctx->args[0], USE_FIONREAD);
+	if (addr)
+		report_misread(addr, ctx->args[0], USE_FIONREAD);
 	return 0;
 }

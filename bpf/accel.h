@@ -99,6 +99,8 @@ enum sock_flags {
 	SOCK_F_NO_INGRESS = 1 << 3,
 	/* Never accelerate this socket at all (e.g. a ULP is installed). */
 	SOCK_F_NO_ACCEL = 1 << 4,
+	/* TCP_REPAIR was set on this socket: never paired. */
+	SOCK_F_REPAIR = 1 << 5,
 };
 
 /* Runtime switches the daemon flips without reloading programs. */
@@ -130,6 +132,8 @@ enum config_flags {
 	CONFIG_F_EXCL_PORTS = 1 << 4,
 	CONFIG_F_EXCL_CIDRS = 1 << 5,
 	CONFIG_F_EXCL_CGROUPS = 1 << 6,
+	/* sa_learned holds entries (see struct learned_key). */
+	CONFIG_F_LEARNED = 1 << 7,
 };
 
 /* Key of the excluded-CIDR LPM trie: prefix length over the IPv4-mapped
@@ -193,6 +197,17 @@ struct accel_stats {
 	/* not accelerated: the socket has a ULP (MPTCP subflows, kTLS), which
 	 * the kernel refuses in a sockhash */
 	__u64 ulp;
+	/* not accelerated: a learned exclusion (sa_learned) matched */
+	__u64 excluded_learned;
+	/* not accelerated: the socket was in TCP_REPAIR mode, whose chosen
+	 * sequence numbers could claim another connection's key */
+	__u64 repair;
+	/* ioctl(FIONREAD) on a socket holding redirected bytes, on a kernel
+	 * whose FIONREAD leaves them out: it under-reported */
+	__u64 fionread_misread;
+	/* Connections taken off the fast path for good when one end first
+	 * asked FIONREAD (only on kernels where it is wrong) */
+	__u64 off_fionread;
 };
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */
@@ -218,12 +233,32 @@ enum use_reason {
 	 * good, so the daemon can take its sockets out of the sockhash once
 	 * nothing redirected is left unread (see retireConn). */
 	USE_RETIRE = 1 << 3,
+	/* ioctl(FIONREAD/SIOCINQ), on kernels whose FIONREAD leaves redirected
+	 * bytes out (the daemon's kernel probe decides) */
+	USE_FIONREAD = 1 << 4,
 };
 
-/* A service port excluded because an application's use of it could not be
- * served on the fast path (sa_learned_ports, written by the daemon only):
- * pinned, so it outlives daemon restarts. */
-struct learned_port {
+/* A service whose use of the fast path went wrong once (a stalled splice,
+ * a misread urgent byte or FIONREAD): its sockets stay on TCP from then on.
+ * A service is the port its clients connect to, seen from one end, and the
+ * cgroup of the sockets at that end, so that one tenant's proxy never takes
+ * another tenant's service on the same port number off the fast path.
+ * Written by the daemon only; pinned, so it outlives daemon restarts. */
+struct learned_key {
+	__u64 cgroup_id; /* the using end's cgroup v2 id; 0 matches any */
+	__u16 port;      /* the server's port, host byte order */
+	__u8 end;        /* LEARNED_SERVER or LEARNED_CLIENT */
+	__u8 _pad[5];
+};
+
+enum learned_end {
+	/* sockets whose local port is the service port (the server's end) */
+	LEARNED_SERVER = 0,
+	/* sockets whose remote port is the service port (a client's end) */
+	LEARNED_CLIENT = 1,
+};
+
+struct learned_use {
 	__u32 reasons;   /* USE_* seen */
 	__u32 pid;       /* the process that used it, when first learned */
 	__u64 unix_time; /* when it was first learned, seconds */

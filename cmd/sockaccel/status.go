@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
@@ -42,12 +43,16 @@ func runStatus(args []string) error {
 	fmt.Fprintf(w, "conntrack:\t%d / %d entries (%.1f%%), enabled=%v\n", st.Conntrack.Entries, st.Conntrack.Capacity, 100*st.Conntrack.Load, st.Conntrack.Enabled)
 	fmt.Fprintf(w, "closed:\tdirect=%d gc=%d (gc runs %d)\n", st.ClosedDirect, st.ClosedGC, st.GCRuns)
 	fmt.Fprintf(w, "retired to plain TCP:\t%d\n", st.Retired)
-	fmt.Fprintf(w, "not accelerated:\tmap_full=%d excluded_port=%d excluded_cidr=%d excluded_cgroup=%d early_data=%d insert_errors=%d disabled=%d blocking=%d ulp=%d\n",
-		st.MapFull, st.ExcludedPort, st.ExcludedCIDR, st.ExcludedCgroup, st.EarlyData, st.InsertErrors, st.Disabled, st.Blocking, st.ULP)
-	fmt.Fprintf(w, "taken off the fast path:\tbacklog=%d setsockopt=%d splice=%d waitall=%d oob=%d (resumed %d)\n",
-		st.OffBacklog, st.OffSetsockopt, st.OffSplice, st.OffWaitall, st.OffOOB, st.Resumed)
+	fmt.Fprintf(w, "not accelerated:\tmap_full=%d excluded_port=%d excluded_cidr=%d excluded_cgroup=%d excluded_learned=%d early_data=%d insert_errors=%d disabled=%d blocking=%d ulp=%d repair=%d\n",
+		st.MapFull, st.ExcludedPort, st.ExcludedCIDR, st.ExcludedCgroup, st.ExcludedLearned, st.EarlyData, st.InsertErrors, st.Disabled, st.Blocking, st.ULP, st.Repair)
+	fmt.Fprintf(w, "taken off the fast path:\tbacklog=%d setsockopt=%d splice=%d waitall=%d oob=%d fionread=%d (resumed %d)\n",
+		st.OffBacklog, st.OffSetsockopt, st.OffSplice, st.OffWaitall, st.OffOOB, st.OffFIONREAD, st.Resumed)
 	fmt.Fprintf(w, "splice stalled:\t%d\n", st.SpliceStalled)
 	fmt.Fprintf(w, "urgent data misread:\t%d\n", st.OOBMisread)
+	fmt.Fprintf(w, "FIONREAD under-reported:\t%d\n", st.FIONREADMisread)
+	for _, l := range st.LearnedExclusions {
+		fmt.Fprintf(w, "learned exclusion:\tport %d (%s end, cgroup %s) after %s by %s\n", l.Port, l.End, learnedCgroup(l), strings.Join(l.Reasons, ","), l.Comm)
+	}
 	fmt.Fprintf(w, "SO_RCVLOWAT lowered:\t%d\n", st.RcvlowatLowered)
 	return w.Flush()
 }
@@ -72,4 +77,14 @@ func runCleanup(args []string) error {
 	}
 	log.Info("cleaned up", zap.String("pin_dir", *pinDir))
 	return nil
+}
+
+func learnedCgroup(l accel.LearnedExclusion) string {
+	switch {
+	case l.CgroupID == 0:
+		return "any"
+	case l.Cgroup != "":
+		return l.Cgroup
+	}
+	return fmt.Sprintf("id %d, gone", l.CgroupID)
 }

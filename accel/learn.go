@@ -1,0 +1,243 @@
+//go:build linux
+
+package accel
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sockaccel/sockaccel/cgroup"
+)
+
+// LearnedExclusion is a service kept on TCP after a UseEvent. A service is
+// the port its clients connect to, seen from one end (End), and the cgroup
+// of the sockets at that end: a proxy that splices from its upstream
+// connections keeps only its own connections to that port on TCP, not
+// every tenant's service that happens to listen on the same port number.
+// Learned exclusions are pinned: they outlive daemon restarts until cleanup.
+type LearnedExclusion struct {
+	Port uint16 `json:"port"`
+	// "server": the service's own sockets (local port Port); "client": the
+	// sockets that connect to Port.
+	End string `json:"end"`
+	// The cgroup v2 id of the sockets at End; 0 matches every cgroup (an
+	// exclusion learned by an older version, which knew only ports).
+	CgroupID uint64 `json:"cgroup_id"`
+	// That cgroup's path below the cgroup v2 root, while it exists.
+	Cgroup    string    `json:"cgroup"`
+	Reasons   []string  `json:"reasons"`
+	Comm      string    `json:"comm"`
+	PID       uint32    `json:"pid"`
+	LearnedAt time.Time `json:"learned_at"`
+}
+
+// Learning is rate-limited so that a process misusing sockets on purpose
+// cannot fill the learned map (1024 entries) or keep the daemon busy:
+// at most learnBurst new services, then one per learnEvery.
+const (
+	learnBurst = 16
+	learnEvery = 4 * time.Second
+)
+
+var errLearnRate = errors.New("learned exclusion rate limit reached")
+
+// learnLimiter is a token bucket for new learned exclusions.
+type learnLimiter struct {
+	mu     sync.Mutex
+	tokens float64
+	last   time.Time
+}
+
+func (l *learnLimiter) allow(now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last.IsZero() {
+		l.tokens = learnBurst
+	} else {
+		l.tokens = min(learnBurst, l.tokens+float64(now.Sub(l.last))/float64(learnEvery))
+	}
+	l.last = now
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
+}
+
+// learn records the service behind ev's socket in sa_learned and turns the
+// lookup on. fresh is false when that service was already learned for this
+// reason.
+func (a *Accelerator) learn(ev UseEvent) (l LearnedExclusion, fresh bool, err error) {
+	key, err := a.serviceOf(ev.Cookie)
+	if err != nil {
+		return l, false, err
+	}
+	var use accelLearnedUse
+	err = a.objs.SaLearned.Lookup(key, &use)
+	switch {
+	case err == nil:
+	case errors.Is(err, ebpf.ErrKeyNotExist):
+		if !a.learnRate.allow(time.Now()) {
+			return l, false, errLearnRate
+		}
+		use = accelLearnedUse{Pid: ev.PID, UnixTime: uint64(time.Now().Unix())}
+		copy(use.Comm[:], cChars(ev.Comm))
+	default:
+		return l, false, fmt.Errorf("read learned exclusion: %w", err)
+	}
+	bit := uint32(useBits[ev.Reason])
+	fresh = use.Reasons&bit == 0
+	use.Reasons |= bit
+	if fresh {
+		if err := a.objs.SaLearned.Put(key, use); err != nil {
+			return l, false, fmt.Errorf("pin learned exclusion for port %d: %w", key.Port, err)
+		}
+	}
+	if err := a.updateFlags(uint32(accelConfigFlagsCONFIG_F_LEARNED), 0); err != nil {
+		return l, false, err
+	}
+	return learnedExclusion(key, use), fresh, nil
+}
+
+var useBits = map[string]accelUseReason{
+	"splice":   accelUseReasonUSE_SPLICE,
+	"oob":      accelUseReasonUSE_OOB,
+	"fionread": accelUseReasonUSE_FIONREAD,
+}
+
+// serviceOf finds the tracked connection one of whose ends has cookie and
+// names its service from that end.
+func (a *Accelerator) serviceOf(cookie uint64) (accelLearnedKey, error) {
+	if cookie == 0 {
+		return accelLearnedKey{}, errors.New("socket has no cookie")
+	}
+	var (
+		key   accelSockKey
+		entry accelCtEntry
+	)
+	it := a.objs.SaConntrack.Iterate()
+	for it.Next(&key, &entry) {
+		for side, c := range entry.Cookie {
+			if c != cookie {
+				continue
+			}
+			lk := accelLearnedKey{CgroupId: entry.CgroupId[side], Port: netToHost16(key.RemotePort), End: uint8(accelLearnedEndLEARNED_CLIENT)}
+			if side == int(accelCtSideCT_SIDE_PASSIVE) {
+				lk.End = uint8(accelLearnedEndLEARNED_SERVER)
+			}
+			return lk, nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return accelLearnedKey{}, fmt.Errorf("iterate conntrack: %w", err)
+	}
+	return accelLearnedKey{}, fmt.Errorf("no tracked connection with socket cookie %d", cookie)
+}
+
+func learnedExclusion(k accelLearnedKey, use accelLearnedUse) LearnedExclusion {
+	l := LearnedExclusion{
+		Port:      k.Port,
+		End:       "client",
+		CgroupID:  k.CgroupId,
+		Reasons:   useReasons(use.Reasons),
+		Comm:      cString(use.Comm[:]),
+		PID:       use.Pid,
+		LearnedAt: time.Unix(int64(use.UnixTime), 0).UTC(),
+	}
+	if k.End == uint8(accelLearnedEndLEARNED_SERVER) {
+		l.End = "server"
+	}
+	return l
+}
+
+// readLearned lists the learned exclusions in m (sa_learned), by port.
+func readLearned(m *ebpf.Map) ([]LearnedExclusion, error) {
+	var (
+		key accelLearnedKey
+		use accelLearnedUse
+		out = []LearnedExclusion{}
+	)
+	it := m.Iterate()
+	for it.Next(&key, &use) {
+		out = append(out, learnedExclusion(key, use))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read learned exclusions: %w", err)
+	}
+	if root, err := cgroup.V2Root(); err == nil {
+		for i := range out {
+			if out[i].CgroupID != 0 {
+				out[i].Cgroup, _ = cgroup.PathByID(root, out[i].CgroupID)
+			}
+		}
+	}
+	slices.SortFunc(out, func(x, y LearnedExclusion) int {
+		return cmp.Or(cmp.Compare(x.Port, y.Port), cmp.Compare(x.End, y.End), cmp.Compare(x.CgroupID, y.CgroupID))
+	})
+	return out, nil
+}
+
+// LearnedExclusions lists the services kept on TCP after use events.
+func (a *Accelerator) LearnedExclusions() ([]LearnedExclusion, error) {
+	return readLearned(a.objs.SaLearned)
+}
+
+// legacyLearnedPorts is the pinned map in which versions before learned
+// services kept learned ports, keyed by port alone.
+const legacyLearnedPorts = "sa_learned_ports"
+
+// adoptLegacyLearned moves the port-only exclusions an older version
+// learned into sa_learned as exclusions for every cgroup at both ends (what
+// they meant), then unpins the old map.
+func (a *Accelerator) adoptLegacyLearned() error {
+	path := filepath.Join(a.cfg.PinDir, legacyLearnedPorts)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load %s: %w", path, err)
+	}
+	defer m.Close()
+	var (
+		port uint16
+		use  accelLearnedUse // the same layout as the old value
+	)
+	it := m.Iterate()
+	for it.Next(&port, &use) {
+		for _, end := range []accelLearnedEnd{accelLearnedEndLEARNED_SERVER, accelLearnedEndLEARNED_CLIENT} {
+			if err := a.objs.SaLearned.Put(accelLearnedKey{Port: port, End: uint8(end)}, use); err != nil {
+				return fmt.Errorf("move learned port %d: %w", port, err)
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("unpin %s: %w", path, err)
+	}
+	return nil
+}
+
+// updateLearnedFlag turns the per-connection learned lookup on while
+// sa_learned holds anything.
+func (a *Accelerator) updateLearnedFlag() error {
+	var (
+		key accelLearnedKey
+		use accelLearnedUse
+	)
+	flag := uint32(accelConfigFlagsCONFIG_F_LEARNED)
+	if a.objs.SaLearned.Iterate().Next(&key, &use) {
+		return a.updateFlags(flag, 0)
+	}
+	return a.updateFlags(0, flag)
+}
