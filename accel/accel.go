@@ -72,6 +72,10 @@ type Config struct {
 	// DisableSpliceLearning stops RunEvents from excluding the service
 	// port of a connection whose splice stalled (--learn-splice=false).
 	DisableSpliceLearning bool
+	// Lock is the pin dir's lock from LockPinDir, taken before anything
+	// else (the daemon takes it before it listens). New takes it over: it
+	// is released by Close, or at once if New fails. Nil: New takes it.
+	Lock *PinLock
 }
 
 // Accelerator holds the loaded objects of a running daemon. Closing it
@@ -83,6 +87,7 @@ type Accelerator struct {
 	objs    accelObjects
 	links   []link.Link
 	adopted bool
+	lock    *PinLock // the pin dir's flock, held until Close
 	gcOnce  sync.Once
 	gcState *gc
 
@@ -91,6 +96,11 @@ type Accelerator struct {
 	exclPorts []uint16
 	exclCIDRs []netip.Prefix
 	learnRate learnLimiter
+
+	// Resolved by validate, before anything shared changes.
+	cgroupID      uint64
+	exclCgroupIDs []uint64
+	rmemMax       uint32
 }
 
 // New probes the kernel, loads the programs (reusing compatible pinned maps),
@@ -100,32 +110,94 @@ type Accelerator struct {
 //
 // On failure nothing new stays attached or pinned.
 func New(cfg Config, log *zap.Logger) (*Accelerator, error) {
-	if cfg.MaxConns == 0 {
-		return nil, errors.New("max conns must be at least 1")
+	lock := cfg.Lock
+	cfg.Lock = nil
+	var err error
+	switch {
+	case cfg.MaxConns == 0:
+		err = errors.New("max conns must be at least 1")
+	case cfg.MaxConns > 1<<24:
+		err = fmt.Errorf("max conns %d is above the supported 16777216", cfg.MaxConns)
+	default:
+		err = Probe()
 	}
-	if cfg.MaxConns > 1<<24 {
-		return nil, fmt.Errorf("max conns %d is above the supported 16777216", cfg.MaxConns)
-	}
-	if err := Probe(); err != nil {
+	if err != nil {
+		lock.Release()
 		return nil, err
 	}
-	if err := EnsureBPFFS(cfg.PinDir); err != nil {
+	// One daemon per pin dir, held until Close; nothing shared changes
+	// before it is held.
+	if lock == nil {
+		if lock, err = LockPinDir(cfg.PinDir); err != nil {
+			return nil, err
+		}
+	}
+	_, statErr := os.Lstat(filepath.Join(cfg.PinDir, sockOpsLink))
+	a := &Accelerator{cfg: cfg, log: log, adopted: statErr == nil, lock: lock}
+	if err := a.validate(); err != nil {
+		lock.Release()
 		return nil, err
 	}
-	_, statErr := os.Stat(filepath.Join(cfg.PinDir, sockOpsLink))
-	a := &Accelerator{cfg: cfg, log: log, adopted: statErr == nil}
 	if err := a.start(); err != nil {
-		a.Close()
+		a.closeHandles()
 		if !a.adopted {
 			// Undo a fresh start completely; an adopted one keeps serving
 			// the connections it already had.
-			if cerr := Cleanup(cfg.PinDir, log); cerr != nil {
+			if cerr := cleanupLocked(context.Background(), cfg.PinDir, log, CleanupOptions{DrainTimeout: DefaultDrainTimeout}); cerr != nil {
 				log.Warn("undo partial start", zap.Error(cerr))
 			}
 		}
+		lock.Release()
 		return nil, err
 	}
 	return a, nil
+}
+
+// validate checks everything a start could refuse on before anything shared
+// changes, so that a refused restart leaves the pins, programs, flags and
+// exclusions exactly as they were: sockaccel's own pins are what it pinned
+// (root's, not symlinks), the links an earlier run pinned are attached to
+// the cgroup asked for, and the excluded cgroups exist.
+func (a *Accelerator) validate() error {
+	if err := checkOwnedPins(a.cfg.PinDir); err != nil {
+		return err
+	}
+	want, err := cgroup.Inode(a.cfg.Cgroup.Path)
+	if err != nil {
+		return err
+	}
+	a.cgroupID = want
+	for _, pin := range []string{sockOpsLink, setsockoptLink} {
+		path := filepath.Join(a.cfg.PinDir, pin)
+		l, err := link.LoadPinnedLink(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("load pinned link %s: %w", path, err)
+		}
+		got, err := linkCgroupID(l)
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("pinned link %s: %w", path, err)
+		}
+		if got != want {
+			return fmt.Errorf("sockaccel is already attached to another cgroup (id %d) through %s; run 'sockaccel cleanup --pin-dir %s' first",
+				got, a.cfg.PinDir, a.cfg.PinDir)
+		}
+	}
+	a.exclCgroupIDs = make([]uint64, 0, len(a.cfg.ExcludeCgroups))
+	for _, t := range a.cfg.ExcludeCgroups {
+		id, err := cgroup.Inode(t.Path)
+		if err != nil {
+			return fmt.Errorf("exclude cgroup %s: %w", t.Path, err)
+		}
+		a.exclCgroupIDs = append(a.exclCgroupIDs, id)
+	}
+	if a.rmemMax, err = tcpRmemMax(); err != nil {
+		return err
+	}
+	return nil
 }
 
 func (a *Accelerator) start() error {
@@ -137,9 +209,6 @@ func (a *Accelerator) start() error {
 	spec.Maps[accelMapSaSockhash].MaxEntries = 2 * a.cfg.MaxConns
 	spec.Maps[accelMapSaConntrack].MaxEntries = a.cfg.MaxConns
 
-	if err := os.MkdirAll(a.cfg.PinDir, 0o700); err != nil {
-		return fmt.Errorf("create pin dir %s: %w", a.cfg.PinDir, err)
-	}
 	carried, err := carryStats(a.cfg.PinDir, spec.Maps[accelMapSaStats])
 	if err != nil {
 		return err
@@ -166,24 +235,27 @@ func (a *Accelerator) start() error {
 	if a.cfg.Conservative {
 		flags |= uint32(accelConfigFlagsCONFIG_F_CONSERVATIVE)
 	}
-	rmemMax, err := tcpRmemMax()
+	// Exclusions first, then the whole config in one write: the programs
+	// never see the exclusion flags cleared in between.
+	exclFlags, err := a.writeExclusions(a.cfg.ExcludePorts, a.cfg.ExcludeCIDRs)
 	if err != nil {
 		return err
 	}
-	if err := a.objs.SaConfig.Put(uint32(0), accelAccelConfig{Flags: flags, BacklogBytes: a.cfg.BacklogBytes, RcvbufMax: rmemMax}); err != nil {
-		return fmt.Errorf("write config map: %w", err)
-	}
-	if err := a.SetExclusions(a.cfg.ExcludePorts, a.cfg.ExcludeCIDRs); err != nil {
+	if err := a.writeExcludedCgroups(a.cfg.ExcludeCgroups, a.exclCgroupIDs); err != nil {
 		return err
 	}
-	if err := a.SetExcludedCgroups(a.cfg.ExcludeCgroups); err != nil {
-		return err
+	flags |= exclFlags
+	if len(a.exclCgroupIDs) > 0 {
+		flags |= uint32(accelConfigFlagsCONFIG_F_EXCL_CGROUPS)
 	}
 	if err := a.adoptLegacyLearned(); err != nil {
 		return err
 	}
-	if err := a.updateLearnedFlag(); err != nil {
-		return err
+	if a.anyLearned() {
+		flags |= uint32(accelConfigFlagsCONFIG_F_LEARNED)
+	}
+	if err := a.objs.SaConfig.Put(uint32(0), accelAccelConfig{Flags: flags, BacklogBytes: a.cfg.BacklogBytes, RcvbufMax: a.rmemMax}); err != nil {
+		return fmt.Errorf("write config map: %w", err)
 	}
 	// sk_msg first: a socket inserted by sock_ops takes the SOCKHASH's
 	// programs at insertion time, so it must already be there. setsockopt
@@ -198,6 +270,15 @@ func (a *Accelerator) start() error {
 		return err
 	}
 	return a.attachCgroup(sockOpsLink, ebpf.AttachCGroupSockOps, a.objs.SockaccelSockops)
+}
+
+// detectTracepointNames are the syscall tracepoints the use detector
+// watches; each has a pinned link links/detect-<name>.
+var detectTracepointNames = []string{
+	"sys_enter_splice", "sys_enter_sendfile64",
+	"sys_enter_recvfrom", "sys_enter_recvmmsg", "sys_enter_recvmsg",
+	"sys_enter_sendto", "sys_enter_sendmmsg", "sys_enter_sendmsg",
+	"sys_enter_ioctl", // only with Config.DetectFIONREAD
 }
 
 // detectTracepoints maps each syscall tracepoint the use detector watches
@@ -230,7 +311,9 @@ func (a *Accelerator) attachDetect() error {
 			return err
 		}
 	}
-	for tp, prog := range a.detectTracepoints() {
+	progs := a.detectTracepoints()
+	for _, tp := range detectTracepointNames {
+		prog := progs[tp]
 		path := filepath.Join(dir, detectLinkPrefix+tp)
 		if a.cfg.DisableDetect || (tp == "sys_enter_ioctl" && !a.cfg.DetectFIONREAD) {
 			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -294,10 +377,7 @@ func (a *Accelerator) attachSkMsg() error {
 // always multi: other agents' programs on this or parent cgroups stay.
 func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebpf.Program) error {
 	path := filepath.Join(a.cfg.PinDir, pin)
-	want, err := cgroup.Inode(a.cfg.Cgroup.Path)
-	if err != nil {
-		return err
-	}
+	want := a.cgroupID // validated before anything changed
 	l, err := link.LoadPinnedLink(path, nil)
 	switch {
 	case err == nil:
@@ -394,42 +474,66 @@ func (a *Accelerator) Adopted() bool { return a.adopted }
 // are kept apart, in sa_learned). New connections see the change at once;
 // programs are not reloaded.
 func (a *Accelerator) SetExclusions(ports []uint16, cidrs []netip.Prefix) error {
+	set, err := a.writeExclusions(ports, cidrs)
+	if err != nil {
+		return err
+	}
+	all := uint32(accelConfigFlagsCONFIG_F_EXCL_PORTS | accelConfigFlagsCONFIG_F_EXCL_CIDRS)
+	return a.updateFlags(set, all&^set)
+}
+
+// writeExclusions fills the port and CIDR maps and returns the config flags
+// that enable their lookups (the programs skip a lookup while its flag is
+// clear); the caller writes the flags.
+func (a *Accelerator) writeExclusions(ports []uint16, cidrs []netip.Prefix) (uint32, error) {
 	a.exclMu.Lock()
 	defer a.exclMu.Unlock()
 	a.exclPorts, a.exclCIDRs = ports, cidrs
 	if err := replacePorts(a.objs.SaExclPorts, ports); err != nil {
-		return fmt.Errorf("update excluded ports: %w", err)
+		return 0, fmt.Errorf("update excluded ports: %w", err)
 	}
 	if err := replaceCIDRs(a.objs.SaExclCidrs, cidrs); err != nil {
-		return fmt.Errorf("update excluded cidrs: %w", err)
+		return 0, fmt.Errorf("update excluded cidrs: %w", err)
 	}
-	// The programs skip the lookups while a map is empty.
-	var set, clear uint32
-	for _, f := range []struct {
-		on   bool
-		flag accelConfigFlags
-	}{{len(ports) > 0, accelConfigFlagsCONFIG_F_EXCL_PORTS}, {len(cidrs) > 0, accelConfigFlagsCONFIG_F_EXCL_CIDRS}} {
-		if f.on {
-			set |= uint32(f.flag)
-		} else {
-			clear |= uint32(f.flag)
-		}
+	var set uint32
+	if len(ports) > 0 {
+		set |= uint32(accelConfigFlagsCONFIG_F_EXCL_PORTS)
 	}
-	return a.updateFlags(set, clear)
+	if len(cidrs) > 0 {
+		set |= uint32(accelConfigFlagsCONFIG_F_EXCL_CIDRS)
+	}
+	return set, nil
 }
 
 // SetExcludedCgroups replaces the excluded cgroup subtrees. New connections
 // see the change at once.
 func (a *Accelerator) SetExcludedCgroups(targets []cgroup.Target) error {
-	want := make(map[uint64]bool, len(targets))
+	ids := make([]uint64, 0, len(targets))
 	for _, t := range targets {
 		id, err := cgroup.Inode(t.Path)
 		if err != nil {
 			return fmt.Errorf("exclude cgroup %s: %w", t.Path, err)
 		}
+		ids = append(ids, id)
+	}
+	if err := a.writeExcludedCgroups(targets, ids); err != nil {
+		return err
+	}
+	flag := uint32(accelConfigFlagsCONFIG_F_EXCL_CGROUPS)
+	if len(targets) > 0 {
+		return a.updateFlags(flag, 0)
+	}
+	return a.updateFlags(0, flag)
+}
+
+// writeExcludedCgroups makes the excluded-cgroup map hold exactly ids (of
+// targets, in order); the caller writes the flag.
+func (a *Accelerator) writeExcludedCgroups(targets []cgroup.Target, ids []uint64) error {
+	want := make(map[uint64]bool, len(ids))
+	for i, id := range ids {
 		want[id] = true
 		if err := a.objs.SaExclCgroups.Put(id, uint8(1)); err != nil {
-			return fmt.Errorf("exclude cgroup %s: %w", t.Path, err)
+			return fmt.Errorf("exclude cgroup %s: %w", targets[i].Path, err)
 		}
 	}
 	var stale []uint64
@@ -449,11 +553,7 @@ func (a *Accelerator) SetExcludedCgroups(targets []cgroup.Target) error {
 			return fmt.Errorf("delete excluded cgroup %d: %w", id, err)
 		}
 	}
-	flag := uint32(accelConfigFlagsCONFIG_F_EXCL_CGROUPS)
-	if len(targets) > 0 {
-		return a.updateFlags(flag, 0)
-	}
-	return a.updateFlags(0, flag)
+	return nil
 }
 
 // updateFlags sets and clears config flags, keeping the rest. Only the
@@ -472,13 +572,21 @@ func (a *Accelerator) updateFlags(set, clear uint32) error {
 	return nil
 }
 
-// Close releases this process's handles. Pins keep everything running.
+// Close releases this process's handles and the pin dir's lock. Pins keep
+// everything running.
 func (a *Accelerator) Close() error {
+	err := a.closeHandles()
+	a.lock.Release()
+	return err
+}
+
+func (a *Accelerator) closeHandles() error {
 	var errs []error
 	for _, l := range a.links {
 		// Closing a pinned link does not detach it.
 		errs = append(errs, l.Close())
 	}
+	a.links = nil
 	errs = append(errs, a.objs.Close())
 	return errors.Join(errs...)
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -76,57 +77,110 @@ func Cleanup(pinDir string, log *zap.Logger) error {
 	return CleanupWith(context.Background(), pinDir, log, CleanupOptions{DrainTimeout: DefaultDrainTimeout})
 }
 
-// CleanupWith is Cleanup with options.
+// CleanupWith is Cleanup with options. It takes the pin dir's lock first
+// and refuses, changing nothing, while a daemon runs with this pin dir
+// (ErrLocked); a daemon cleans up its own pins with Accelerator.Cleanup.
+//
+// Only what sockaccel creates is touched: its fixed link names in links/,
+// progs/sk_msg and the maps the BPF object pins by name. Nothing is
+// followed: a symlink, even under one of those names, and every other
+// entry stay where they are, logged as left, and so does any directory
+// they keep from being empty.
 func CleanupWith(ctx context.Context, pinDir string, log *zap.Logger, opts CleanupOptions) error {
-	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
-		return nil
+	lock, err := lockPinDir(pinDir, false)
+	if err != nil {
+		return err
 	}
+	if lock == nil {
+		return nil // no pin dir: nothing to do
+	}
+	defer lock.Release()
+	return cleanupLocked(ctx, lock.dir, log, opts)
+}
+
+// Cleanup is what 'run --cleanup-on-exit' does on the way out: CleanupWith
+// under the lock the daemon already holds, so no other sockaccel can start
+// in between. The daemon's links are closed first (their pins keep them
+// until cleanup removes those); its maps stay open until Close.
+func (a *Accelerator) Cleanup(ctx context.Context, opts CleanupOptions) error {
+	for _, l := range a.links {
+		l.Close()
+	}
+	a.links = nil
+	return cleanupLocked(ctx, a.cfg.PinDir, a.log.Named("cleanup"), opts)
+}
+
+// cleanupLinks are the link pins sockaccel creates, relative to links/.
+func cleanupLinks() []string {
+	names := []string{filepath.Base(sockOpsLink), filepath.Base(setsockoptLink)}
+	for _, tp := range detectTracepointNames {
+		// -new: the temporary name attachDetect pins under before the
+		// rename, left behind if the daemon died in between.
+		names = append(names, detectLinkPrefix+tp, detectLinkPrefix+tp+"-new")
+	}
+	return names
+}
+
+// cgroupLinkNames are the links that put sockets in the sockhash; cleanup
+// detaches them first.
+var cgroupLinkNames = []string{filepath.Base(sockOpsLink), filepath.Base(setsockoptLink)}
+
+func cleanupLocked(ctx context.Context, pinDir string, log *zap.Logger, opts CleanupOptions) error {
 	var errs []error
 
 	stop := accelConfigFlagsCONFIG_F_NO_NEW
 	if opts.Force {
 		stop |= accelConfigFlagsCONFIG_F_NO_REDIRECT
 	}
-	if err := setConfigFlags(pinDir, stop); err != nil {
+	if err := setConfigFlags(pinDir, log, stop); err != nil {
 		errs = append(errs, err)
 	}
 
 	hashPath := filepath.Join(pinDir, accelMapSaSockhash)
-	hash, err := ebpf.LoadPinnedMap(hashPath, nil)
-	switch {
-	case err == nil:
-		defer hash.Close()
-		if opts.Force {
-			// sock_ops and setsockopt first: no new sockets.
-			errs = append(errs, detachLinks(pinDir, log, func(name string) bool { return name == "sockops" || name == "setsockopt" })...)
-			err = drain(ctx, hash, log, opts)
-		} else {
-			err = waitClosed(ctx, hash, pinDir, log, opts.DrainTimeout)
+	var hash *ebpf.Map
+	if ownedPin(hashPath, log) {
+		var err error
+		hash, err = ebpf.LoadPinnedMap(hashPath, nil)
+		switch {
+		case err == nil:
+			defer hash.Close()
+			if opts.Force {
+				// sock_ops and setsockopt first: no new sockets.
+				errs = append(errs, detachLinks(pinDir, log, cgroupLinkNames)...)
+				err = drain(ctx, hash, log, opts)
+			} else {
+				err = waitClosed(ctx, hash, pinDir, log, opts.DrainTimeout)
+			}
+			if err != nil {
+				return errors.Join(append(errs, err)...)
+			}
+		case !errors.Is(err, os.ErrNotExist):
+			errs = append(errs, fmt.Errorf("load pinned sockhash: %w", err))
 		}
-		if err != nil {
-			return errors.Join(append(errs, err)...)
-		}
-	case !errors.Is(err, os.ErrNotExist):
-		errs = append(errs, fmt.Errorf("load pinned sockhash: %w", err))
 	}
 
-	errs = append(errs, detachLinks(pinDir, log, func(string) bool { return true })...)
+	errs = append(errs, detachLinks(pinDir, log, cleanupLinks())...)
 
 	progPath := filepath.Join(pinDir, skMsgProgName)
-	if prog, err := ebpf.LoadPinnedProgram(progPath, nil); err == nil {
-		if hash != nil {
-			err := link.RawDetachProgram(link.RawDetachProgramOptions{
-				Target:  hash.FD(),
-				Program: prog,
-				Attach:  ebpf.AttachSkMsgVerdict,
-			})
-			// ENOENT: a newer program replaced it; the map goes away below.
-			if err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("detach sk_msg: %w", err))
+	if ownedPin(progPath, log) {
+		if prog, err := ebpf.LoadPinnedProgram(progPath, nil); err == nil {
+			if hash != nil {
+				err := link.RawDetachProgram(link.RawDetachProgramOptions{
+					Target:  hash.FD(),
+					Program: prog,
+					Attach:  ebpf.AttachSkMsgVerdict,
+				})
+				// ENOENT: a newer program replaced it; the map goes away below.
+				if err != nil && !errors.Is(err, os.ErrNotExist) {
+					errs = append(errs, fmt.Errorf("detach sk_msg: %w", err))
+				}
 			}
+			prog.Close()
+			log.Info("detached sk_msg", zap.String("pin", progPath))
 		}
-		prog.Close()
-		log.Info("detached sk_msg", zap.String("pin", progPath))
+		if err := os.Remove(progPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", progPath, err))
+		}
 	}
 
 	names, err := pinnedMaps()
@@ -134,21 +188,68 @@ func CleanupWith(ctx context.Context, pinDir string, log *zap.Logger, opts Clean
 		return err
 	}
 	for _, name := range names {
-		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		path := filepath.Join(pinDir, name)
+		if !ownedPin(path, log) {
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("unpin map %s: %w", name, err))
 		}
 	}
-	for _, p := range []string{progPath, filepath.Join(pinDir, progDir), filepath.Join(pinDir, linkDir), pinDir} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove %s: %w", p, err))
-		}
+	for _, d := range []string{filepath.Join(pinDir, progDir), filepath.Join(pinDir, linkDir), pinDir} {
+		errs = append(errs, removeDirIfOurs(d, d == pinDir, log))
 	}
 	return errors.Join(errs...)
 }
 
+// ownedPin reports whether path is a pin cleanup may load and remove: a
+// pinned object (bpffs shows those as regular files), not a symlink or
+// anything else, which is left in place and logged. Missing: false.
+func ownedPin(path string, log *zap.Logger) bool {
+	st, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return false
+	case err != nil:
+		log.Warn("left in place: cannot stat", zap.String("path", path), zap.Error(err))
+		return false
+	case !st.Mode().IsRegular():
+		log.Warn("left in place: not a pin sockaccel created", zap.String("path", path), zap.Stringer("mode", st.Mode()))
+		return false
+	}
+	return true
+}
+
+// removeDirIfOurs removes dir once cleanup has removed what sockaccel put
+// there. Entries it did not create stay, each logged, and so does dir.
+func removeDirIfOurs(dir string, isPinDir bool, log *zap.Logger) error {
+	err := os.Remove(dir)
+	switch {
+	case err == nil, errors.Is(err, os.ErrNotExist):
+		return nil
+	case !errors.Is(err, syscall.ENOTEMPTY):
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	entries, rerr := os.ReadDir(dir)
+	if rerr != nil {
+		return fmt.Errorf("list %s: %w", dir, rerr)
+	}
+	for _, e := range entries {
+		if isPinDir && e.IsDir() && (e.Name() == linkDir || e.Name() == progDir) {
+			continue // what keeps it is reported on its own
+		}
+		log.Warn("left in place: not created by sockaccel", zap.String("path", filepath.Join(dir, e.Name())), zap.Stringer("mode", e.Type()))
+	}
+	return nil
+}
+
 // setConfigFlags sets flags in the pinned config, leaving the others.
-func setConfigFlags(pinDir string, flags accelConfigFlags) error {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaConfig), nil)
+func setConfigFlags(pinDir string, log *zap.Logger, flags accelConfigFlags) error {
+	path := filepath.Join(pinDir, accelMapSaConfig)
+	if !ownedPin(path, log) {
+		return nil
+	}
+	m, err := ebpf.LoadPinnedMap(path, nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -190,7 +291,7 @@ func waitClosed(ctx context.Context, hash *ebpf.Map, pinDir string, log *zap.Log
 				}
 				return nil
 			}
-			if errs := detachLinks(pinDir, log, func(name string) bool { return name == "sockops" || name == "setsockopt" }); len(errs) > 0 {
+			if errs := detachLinks(pinDir, log, cgroupLinkNames); len(errs) > 0 {
 				return errors.Join(errs...)
 			}
 			detached = true
@@ -215,36 +316,30 @@ func waitClosed(ctx context.Context, hash *ebpf.Map, pinDir string, log *zap.Log
 	}
 }
 
-// detachLinks detaches, unpins and closes the pinned links in pinDir/links
-// whose names match, even if a running daemon still holds them open.
-func detachLinks(pinDir string, log *zap.Logger, match func(string) bool) []error {
+// detachLinks detaches, unpins and closes the named links in pinDir/links,
+// even if a running daemon still holds them open. Names that are not pins
+// (a symlink planted there) are left alone, never followed.
+func detachLinks(pinDir string, log *zap.Logger, names []string) []error {
 	dir := filepath.Join(pinDir, linkDir)
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return []error{fmt.Errorf("list %s: %w", dir, err)}
-	}
 	var errs []error
-	for _, e := range entries {
-		if !match(e.Name()) {
+	for _, name := range names {
+		path := filepath.Join(dir, name)
+		if !ownedPin(path, log) {
 			continue
 		}
-		path := filepath.Join(dir, e.Name())
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("load pinned link %s: %w", path, err))
 			continue
 		}
 		if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
-			errs = append(errs, fmt.Errorf("detach %s: %w", e.Name(), err))
+			errs = append(errs, fmt.Errorf("detach %s: %w", name, err))
 		}
 		if err := l.Unpin(); err != nil {
 			errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
 		}
 		l.Close()
-		log.Info("detached", zap.String("link", e.Name()))
+		log.Info("detached", zap.String("link", name))
 	}
 	return errs
 }

@@ -121,7 +121,9 @@ func cleanupUnderLoad(t *testing.T, force bool) {
 	})
 	queued := n.backlog(t)
 	start := time.Now()
-	if err := accel.CleanupWith(context.Background(), n.pin, zap.NewNop(), accel.CleanupOptions{DrainTimeout: time.Minute, Force: force}); err != nil {
+	// The daemon's own cleanup (run --cleanup-on-exit): a separate one
+	// would refuse while the daemon holds the pin dir.
+	if err := n.acc.Cleanup(context.Background(), accel.CleanupOptions{DrainTimeout: time.Minute, Force: force}); err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}
 	t.Logf("cleanup with %d bytes queued on %d sockets drained in %s", queued.Bytes, queued.Sockets, time.Since(start).Round(time.Millisecond))
@@ -163,7 +165,7 @@ func TestCleanupWaitsForOpenConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	err = accel.CleanupWith(context.Background(), n.pin, zap.NewNop(), accel.CleanupOptions{DrainTimeout: 300 * time.Millisecond})
+	err = n.acc.Cleanup(context.Background(), accel.CleanupOptions{DrainTimeout: 300 * time.Millisecond})
 	if !errors.Is(err, accel.ErrDrainTimeout) {
 		t.Fatalf("cleanup with a connection open: %v, want ErrDrainTimeout", err)
 	}
@@ -201,7 +203,7 @@ func TestCleanupWaitsForOpenConnections(t *testing.T) {
 
 	p.Client.Close()
 	p.Server.Close()
-	if err := accel.CleanupWith(context.Background(), n.pin, zap.NewNop(), accel.CleanupOptions{DrainTimeout: 5 * time.Second}); err != nil {
+	if err := n.acc.Cleanup(context.Background(), accel.CleanupOptions{DrainTimeout: 5 * time.Second}); err != nil {
 		t.Fatalf("second cleanup: %v", err)
 	}
 	if _, err := os.Stat(n.pin); !errors.Is(err, os.ErrNotExist) {

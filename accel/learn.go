@@ -228,16 +228,12 @@ func (a *Accelerator) adoptLegacyLearned() error {
 	return nil
 }
 
-// updateLearnedFlag turns the per-connection learned lookup on while
-// sa_learned holds anything.
-func (a *Accelerator) updateLearnedFlag() error {
+// anyLearned reports whether sa_learned holds anything: the programs skip
+// the per-connection lookups otherwise (CONFIG_F_LEARNED).
+func (a *Accelerator) anyLearned() bool {
 	var (
 		key accelLearnedKey
 		use accelLearnedUse
 	)
-	flag := uint32(accelConfigFlagsCONFIG_F_LEARNED)
-	if a.objs.SaLearned.Iterate().Next(&key, &use) {
-		return a.updateFlags(flag, 0)
-	}
-	return a.updateFlags(0, flag)
+	return a.objs.SaLearned.Iterate().Next(&key, &use)
 }

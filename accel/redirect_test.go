@@ -404,7 +404,9 @@ func TestRestartAdoptsPins(t *testing.T) {
 	if s.RedirectedBytes < 2*mib {
 		t.Errorf("redirected %d bytes across the restart, want >= %d", s.RedirectedBytes, 2*mib)
 	}
-	// Different capacity: the pinned sockhash no longer matches.
+	// Different capacity: the pinned sockhash no longer matches (tried
+	// with the daemon stopped: while it runs, the pin dir is locked).
+	second.Close()
 	bad := cfg
 	bad.MaxConns = 128
 	if _, err := accel.New(bad, nopLog()); err == nil {

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/sockaccel/sockaccel/accel"
@@ -79,7 +78,7 @@ func TestCleanupUnderLoadBlockingPeers(t *testing.T) {
 		s := n.stats(t)
 		return s.RedirectedBytes > 64<<20, fmt.Sprintf("redirected %d bytes", s.RedirectedBytes)
 	})
-	err := accel.CleanupWith(context.Background(), n.pin, zap.NewNop(), accel.CleanupOptions{DrainTimeout: 2 * time.Minute})
+	err := n.acc.Cleanup(context.Background(), accel.CleanupOptions{DrainTimeout: 2 * time.Minute})
 	if err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -280,16 +282,44 @@ func currentCgroup(root string) (string, error) {
 // kernel reports them.
 func SockOpsPrograms(t testing.TB, cgroupPath string) int {
 	t.Helper()
+	return CgroupPrograms(t, cgroupPath, ebpf.AttachCGroupSockOps)
+}
+
+// CgroupPrograms counts the programs of one attach type on a cgroup.
+func CgroupPrograms(t testing.TB, cgroupPath string, attach ebpf.AttachType) int {
+	t.Helper()
 	f, err := os.Open(cgroupPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupSockOps})
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: attach})
 	if err != nil {
-		t.Fatalf("query sock_ops programs on %s: %v", cgroupPath, err)
+		t.Fatalf("query %s programs on %s: %v", attach, cgroupPath, err)
 	}
 	return len(res.Programs)
+}
+
+// PinTree lists "mode uid N path" for dir and everything below it, without
+// following symlinks: to compare a pin dir before and after, or check modes.
+func PinTree(t testing.TB, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		out = append(out, fmt.Sprintf("%s uid %d %s", fi.Mode(), fi.Sys().(*syscall.Stat_t).Uid, p))
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("list %s: %v", dir, err)
+	}
+	return out
 }
 
 // DetectLinks counts the links on this host whose program is sockaccel's use

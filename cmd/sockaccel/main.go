@@ -7,12 +7,19 @@ import (
 	"flag"
 	"fmt"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() {
+	// Pins are created 0600 and directories 0700 whatever the caller's
+	// umask: only root may open sockaccel's maps, links and programs.
+	unix.Umask(0o077)
+	os.Exit(run(os.Args[1:]))
+}
 
 const usage = `usage: sockaccel <command> [flags]
 

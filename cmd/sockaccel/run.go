@@ -74,17 +74,27 @@ func runDaemon(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	// One daemon per pin dir: the lock comes first, so that a second run
+	// says so (rather than that the metrics address is taken) and changes
+	// nothing. accel.New takes it over and holds it until a.Close.
+	lock, err := accel.LockPinDir(*pinDir)
+	if err != nil {
+		return err
+	}
+
 	// Listen before attaching: a bad address must leave nothing behind.
 	var httpLn net.Listener
 	if *metricsAddr != "" {
 		httpLn, err = net.Listen("tcp", *metricsAddr)
 		if err != nil {
+			lock.Release()
 			return fmt.Errorf("listen on --metrics-addr %s: %w", *metricsAddr, err)
 		}
 		defer httpLn.Close()
 	}
 
 	if err := rlimit.RemoveMemlock(); err != nil {
+		lock.Release()
 		return fmt.Errorf("remove memlock limit: %w", err)
 	}
 
@@ -100,6 +110,7 @@ func runDaemon(args []string) error {
 		ExcludeCgroups:        excludedCgroups,
 		DisableDetect:         !*detect,
 		DisableSpliceLearning: !*learnSplice,
+		Lock:                  lock,
 	}, log.Named("accel"))
 	if err != nil {
 		return err
@@ -153,9 +164,9 @@ func runDaemon(args []string) error {
 	}
 	if *cleanupOnExit {
 		log.Info("stopping and cleaning up")
-		a.Close()
-		opts := accel.CleanupOptions{DrainTimeout: *cleanupTimeout}
-		return accel.CleanupWith(context.Background(), *pinDir, log.Named("cleanup"), opts)
+		// Under this daemon's own lock on the pin dir, so that no other
+		// sockaccel can start in between.
+		return a.Cleanup(context.Background(), accel.CleanupOptions{DrainTimeout: *cleanupTimeout})
 	}
 	log.Info("stopping; pinned programs keep accelerating until 'sockaccel cleanup'")
 	return nil

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -73,6 +74,9 @@ func runCleanup(args []string) error {
 	defer stop()
 	opts := accel.CleanupOptions{DrainTimeout: *timeout, Force: *force}
 	if err := accel.CleanupWith(ctx, *pinDir, log.Named("cleanup"), opts); err != nil {
+		if errors.Is(err, accel.ErrLocked) {
+			return fmt.Errorf("%w: stop it first (or run it with --cleanup-on-exit); nothing was changed", err)
+		}
 		return err
 	}
 	log.Info("cleaned up", zap.String("pin_dir", *pinDir))
