@@ -172,6 +172,7 @@ type accelUseEvent struct {
 	Comm       [16]int8
 	Fd         int32
 	Pad        uint32
+	CgroupId   uint64
 }
 
 type accelUseGate struct {

@@ -26,7 +26,8 @@ type UseEvent struct {
 	LocalPort  uint16
 	RemotePort uint16
 	Queued     uint32
-	FD         int32 // the socket's descriptor in process PID
+	FD         int32  // the socket's descriptor in process PID
+	CgroupID   uint64 // the socket's cgroup v2 id
 }
 
 func useReasons(bits uint32) []string {
@@ -127,6 +128,7 @@ func (a *Accelerator) WatchEvents(ctx context.Context, f func(UseEvent)) error {
 			RemotePort: ev.RemotePort,
 			Queued:     ev.Queued,
 			FD:         ev.Fd,
+			CgroupID:   ev.CgroupId,
 		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,6 +78,11 @@ func (l *learnLimiter) allow(now time.Time) bool {
 // reason.
 func (a *Accelerator) learn(ev UseEvent) (l LearnedExclusion, fresh bool, err error) {
 	key, err := a.serviceOf(ev.Cookie)
+	if errors.Is(err, errConnGone) {
+		// Closed before the event was handled (the close callback removed
+		// its conntrack entry): the event itself names the socket.
+		key, err = serviceFromEvent(ev)
+	}
 	if err != nil {
 		return l, false, err
 	}
@@ -139,7 +145,51 @@ func (a *Accelerator) serviceOf(cookie uint64) (accelLearnedKey, error) {
 	if err := it.Err(); err != nil {
 		return accelLearnedKey{}, fmt.Errorf("iterate conntrack: %w", err)
 	}
-	return accelLearnedKey{}, fmt.Errorf("no tracked connection with socket cookie %d", cookie)
+	return accelLearnedKey{}, fmt.Errorf("%w: socket cookie %d", errConnGone, cookie)
+}
+
+var errConnGone = errors.New("no tracked connection")
+
+// serviceFromEvent names the service of an event whose connection is gone:
+// the socket was the server's end if its process listens on its local port
+// (in its own network namespace, as /proc/PID/net shows it), else a
+// client's end.
+func serviceFromEvent(ev UseEvent) (accelLearnedKey, error) {
+	if ev.CgroupID == 0 {
+		return accelLearnedKey{}, errors.New("event names no cgroup")
+	}
+	listening, err := listensOn(ev.PID, ev.LocalPort)
+	if err != nil {
+		return accelLearnedKey{}, fmt.Errorf("connection closed before it was learned, and its process's listeners are unknown: %w", err)
+	}
+	if listening {
+		return accelLearnedKey{CgroupId: ev.CgroupID, Port: ev.LocalPort, End: uint8(accelLearnedEndLEARNED_SERVER)}, nil
+	}
+	return accelLearnedKey{CgroupId: ev.CgroupID, Port: ev.RemotePort, End: uint8(accelLearnedEndLEARNED_CLIENT)}, nil
+}
+
+// listensOn reports whether a TCP socket listens on port in pid's network
+// namespace.
+func listensOn(pid uint32, port uint16) (bool, error) {
+	const listen = "0A"
+	want := fmt.Sprintf(":%04X", port)
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if errors.Is(err, os.ErrNotExist) && f == "tcp6" {
+			continue // IPv6 disabled
+		}
+		if err != nil {
+			return false, err
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			// sl local_address rem_address st ...
+			fields := strings.Fields(line)
+			if len(fields) > 3 && fields[3] == listen && strings.HasSuffix(fields[1], want) {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 func learnedExclusion(k accelLearnedKey, use accelLearnedUse) LearnedExclusion {

@@ -3,6 +3,8 @@
 package accel
 
 import (
+	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -38,4 +40,31 @@ func countAllowed(l *learnLimiter, at time.Time) int {
 		n++
 	}
 	return n
+}
+
+func TestListensOn(t *testing.T) {
+	for _, network := range []string{"tcp4", "tcp6"} {
+		ln, err := net.Listen(network, "localhost:0")
+		if err != nil {
+			t.Logf("%s: %v", network, err)
+			continue
+		}
+		port := uint16(ln.Addr().(*net.TCPAddr).Port)
+		c, err := net.Dial(network, ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		clientPort := uint16(c.LocalAddr().(*net.TCPAddr).Port)
+		for _, tc := range []struct {
+			port uint16
+			want bool
+		}{{port, true}, {clientPort, false}} {
+			got, err := listensOn(uint32(os.Getpid()), tc.port)
+			if err != nil || got != tc.want {
+				t.Errorf("%s: listensOn(self, %d) = %v, %v; want %v", network, tc.port, got, err, tc.want)
+			}
+		}
+		c.Close()
+		ln.Close()
+	}
 }

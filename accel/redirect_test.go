@@ -381,7 +381,7 @@ func TestRestartAdoptsPins(t *testing.T) {
 	pairs := testenv.Connect(t, testenv.Endpoint{Netns: ns, Cgroup: &cg}, ln, "tcp4", "127.0.0.1:7008", 2)
 	first.Close()
 	const detectTracepoints = 8
-	if got := testenv.DetectLinks(t); got != detectTracepoints {
+	if got := testenv.DetectLinks(t, pin); got != detectTracepoints {
 		t.Errorf("%d use-detector links after the first start, want %d", got, detectTracepoints)
 	}
 
@@ -392,7 +392,7 @@ func TestRestartAdoptsPins(t *testing.T) {
 	if got := testenv.SockOpsPrograms(t, cg.Path); got != 1 {
 		t.Errorf("%d sock_ops programs on the cgroup after restart, want 1", got)
 	}
-	if got := testenv.DetectLinks(t); got != detectTracepoints {
+	if got := testenv.DetectLinks(t, pin); got != detectTracepoints {
 		t.Errorf("%d use-detector links after restart, want %d (replaced, not added)", got, detectTracepoints)
 	}
 	// Connections from before the restart still redirect.

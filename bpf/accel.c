@@ -374,6 +374,20 @@ static __always_inline __u64 sock_cgroup_id(struct sock *s)
 	return s ? s->sk_cgrp_data.cgroup->kn->id : 0;
 }
 
+/* sock_cgroup_id for a socket known only by address (tracepoints). */
+static __always_inline __u64 sock_cgroup_id_probed(struct sock *s)
+{
+	struct cgroup *cg = NULL;
+	struct kernfs_node *kn = NULL;
+	__u64 id = 0;
+
+	if (bpf_probe_read_kernel(&cg, sizeof(cg), &s->sk_cgrp_data.cgroup) || !cg ||
+	    bpf_probe_read_kernel(&kn, sizeof(kn), &cg->kn) || !kn)
+		return 0;
+	bpf_probe_read_kernel(&id, sizeof(id), &kn->id);
+	return id;
+}
+
 /* Whether the socket's file is in blocking mode. Only the connect()ing end
  * has a file at establishment; an accepted socket gets one later. */
 static __always_inline int file_blocking(struct bpf_sock *sk)
@@ -1150,6 +1164,7 @@ static __always_inline void report_use(__u64 addr, __u64 fd, __u32 reason, __u32
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	ev->fd = (__s32)fd;
 	ev->_pad = 0;
+	ev->cgroup_id = sock_cgroup_id_probed(sk);
 	bpf_ringbuf_submit(ev, 0);
 }
 

@@ -221,6 +221,7 @@ struct use_event {
 	char comm[16];
 	__s32 fd;          /* the socket's descriptor in that process */
 	__u32 _pad;
+	__u64 cgroup_id;   /* the socket's cgroup v2 id */
 };
 
 /* Calls on an accelerated socket whose semantics the redirect path breaks,

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -322,10 +323,22 @@ func PinTree(t testing.TB, dir string) []string {
 	return out
 }
 
-// DetectLinks counts the links on this host whose program is sockaccel's use
-// detector (program names are cut to 15 characters by the kernel).
-func DetectLinks(t testing.TB) int {
+// DetectLinks counts the links on this host whose program is the use
+// detector of the sockaccel pinned at pinDir: a detector program whose maps
+// include that pin dir's use gate (program names are cut to 15
+// characters by the kernel; other tests' detectors do not count).
+func DetectLinks(t testing.TB, pinDir string) int {
 	t.Helper()
+	gate, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "sa_use_gate"), nil)
+	if err != nil {
+		t.Fatalf("load pinned use gate: %v", err)
+	}
+	defer gate.Close()
+	mi, err := gate.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gateID, _ := mi.ID()
 	var n int
 	it := new(link.Iterator)
 	defer it.Close()
@@ -340,7 +353,10 @@ func DetectLinks(t testing.TB) int {
 		}
 		pi, err := prog.Info()
 		prog.Close()
-		if err == nil && strings.HasPrefix(pi.Name, "sockaccel_detec") {
+		if err != nil || !strings.HasPrefix(pi.Name, "sockaccel_detec") {
+			continue
+		}
+		if ids, ok := pi.MapIDs(); ok && slices.Contains(ids, gateID) {
 			n++
 		}
 	}
