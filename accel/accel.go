@@ -81,6 +81,9 @@ type Accelerator struct {
 	adopted bool
 	gcOnce  sync.Once
 	gcState *gc
+	// What the behaviour probes found (probed on a fresh start, read from
+	// the pins when adopting).
+	behaviour KernelBehaviour
 
 	cfgMu     sync.Mutex // serialises read-modify-write of sa_config
 	exclMu    sync.Mutex
@@ -109,6 +112,10 @@ func New(cfg Config, log *zap.Logger) (*Accelerator, error) {
 	}
 	_, statErr := os.Stat(filepath.Join(cfg.PinDir, sockOpsLink))
 	a := &Accelerator{cfg: cfg, log: log, adopted: statErr == nil}
+	// Before anything is attached: the daemon's own sockets may be in the
+	// cgroup it accelerates, and once sock_ops runs there the probe's
+	// sockets would land in the real sockhash too.
+	a.behaviour = a.kernelBehaviour()
 	if err := a.start(); err != nil {
 		a.Close()
 		if !a.adopted {

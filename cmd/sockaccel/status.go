@@ -49,6 +49,14 @@ func runStatus(args []string) error {
 	fmt.Fprintf(w, "splice stalled:\t%d\n", st.SpliceStalled)
 	fmt.Fprintf(w, "urgent data misread:\t%d\n", st.OOBMisread)
 	fmt.Fprintf(w, "SO_RCVLOWAT lowered:\t%d\n", st.RcvlowatLowered)
+	if len(st.KernelProbes) == 0 {
+		fmt.Fprintf(w, "kernel probes:\tnone stored\n")
+	} else {
+		fmt.Fprintf(w, "kernel probes:\t%s, %s\n", st.KernelProbesKernel, st.KernelProbesAt)
+	}
+	for _, p := range st.KernelProbes {
+		fmt.Fprintf(w, "  %s\n", p)
+	}
 	return w.Flush()
 }
 
