@@ -90,6 +90,9 @@ type Accelerator struct {
 	lock    *PinLock // the pin dir's flock, held until Close
 	gcOnce  sync.Once
 	gcState *gc
+	// What the behaviour probes found (probed on a fresh start, read from
+	// the pins when adopting).
+	behaviour KernelBehaviour
 
 	cfgMu     sync.Mutex // serialises read-modify-write of sa_config
 	exclMu    sync.Mutex
@@ -137,6 +140,15 @@ func New(cfg Config, log *zap.Logger) (*Accelerator, error) {
 	if err := a.validate(); err != nil {
 		lock.Release()
 		return nil, err
+	}
+	// Before anything is attached: the daemon's own sockets may be in the
+	// cgroup it accelerates, and once sock_ops runs there the probe's
+	// sockets would land in the real sockhash too.
+	a.behaviour = a.kernelBehaviour()
+	// Where FIONREAD leaves redirected bytes out, its users are found at
+	// their first call and their service learned, like splice's.
+	if !a.behaviour.FIONREADCountsRedirected() {
+		a.cfg.DetectFIONREAD = true
 	}
 	if err := a.start(); err != nil {
 		a.closeHandles()

@@ -50,6 +50,8 @@ func pinnedMaps() ([]string, error) {
 			names = append(names, name)
 		}
 	}
+	// Pinned from user space, not part of the object.
+	names = append(names, behaviourMapName)
 	return names, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -26,6 +27,13 @@ type Status struct {
 	// Services kept on TCP after a stalled splice, a misread urgent byte
 	// or FIONREAD; pinned, so they outlive restarts until cleanup.
 	LearnedExclusions []LearnedExclusion `json:"learned_exclusions"`
+	// What the behaviour probes found on this kernel when the daemon first
+	// started after boot (or since cleanup), with the policy of its last
+	// start; empty when nothing was probed.
+	KernelProbes []KernelProbe `json:"kernel_probes"`
+	// The kernel release probed and when (RFC 3339); empty without probes.
+	KernelProbesKernel string `json:"kernel_probes_kernel"`
+	KernelProbesAt     string `json:"kernel_probes_at"`
 	Stats
 	Conntrack
 }
@@ -105,7 +113,7 @@ type Stats struct {
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
 // attached=false and zero counters.
 func ReadStatus(pinDir string) (Status, error) {
-	s := Status{PinDir: pinDir}
+	s := Status{PinDir: pinDir, KernelProbes: []KernelProbe{}}
 	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
 		return s, nil
 	}
@@ -139,6 +147,14 @@ func ReadStatus(pinDir string) (Status, error) {
 		s.SockhashEntries = n
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return s, fmt.Errorf("load pinned sockhash: %w", err)
+	}
+
+	if b, ok, err := readBehaviour(pinDir); err != nil {
+		return s, err
+	} else if ok {
+		s.KernelProbes = b.Probes
+		s.KernelProbesKernel = b.Kernel
+		s.KernelProbesAt = b.ProbedAt.Format(time.RFC3339Nano)
 	}
 
 	ct, err := readConntrack(pinDir)

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -140,7 +141,8 @@ func TestBadInput(t *testing.T) {
 // The status --json keys scripts rely on.
 var statusKeys = []string{"attached", "cgroup", "sockhash_entries", "max_conns", "redirected_msgs",
 	"redirected_bytes", "passed_msgs", "redirect_errors", "map_full",
-	"conntrack_entries", "conntrack_capacity", "conntrack_load", "closed_direct", "closed_gc", "gc_runs"}
+	"conntrack_entries", "conntrack_capacity", "conntrack_load", "closed_direct", "closed_gc", "gc_runs",
+	"kernel_probes"}
 
 func status(t *testing.T, pin string) map[string]any {
 	t.Helper()
@@ -312,6 +314,76 @@ func TestDaemonLifecycle(t *testing.T) {
 	}
 	if n := testenv.SockOpsPrograms(t, cg.Path); n != 0 {
 		t.Errorf("%d sock_ops programs after cleanup", n)
+	}
+}
+
+// The behaviour probes through the CLI: the daemon logs each result once at
+// start, status lists them (JSON and text) with and without a daemon, a
+// restart adopting the pins logs the stored results without probing again,
+// and cleanup removes them with the rest.
+func TestStatusKernelProbes(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.TempCgroup(t)
+	pin := testenv.TempPinDir(t)
+	logged := func(d daemon, stored bool) int {
+		return strings.Count(d.log.String(), fmt.Sprintf(`"stored":%v`, stored))
+	}
+
+	d := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin)
+	if n := strings.Count(d.log.String(), `"msg":"kernel behaviour"`); n != 5 || logged(d, false) != 5 {
+		t.Errorf("fresh start logged %d kernel behaviour lines (%d probed), want 5 probed", n, logged(d, false))
+	}
+	st := status(t, pin)
+	probes, _ := st["kernel_probes"].([]any)
+	if len(probes) != 5 {
+		t.Fatalf("kernel_probes = %v, want 5 entries", st["kernel_probes"])
+	}
+	names := map[string]bool{}
+	for _, p := range probes {
+		m, _ := p.(map[string]any)
+		name, _ := m["name"].(string)
+		result, _ := m["result"].(string)
+		if name == "" || result == "" || strings.HasPrefix(result, "error") {
+			t.Errorf("kernel_probes entry %v", p)
+		}
+		names[name] = true
+	}
+	for _, want := range []string{"fionread", "rcvbuf_charged", "splice", "waitall", "rcvlowat"} {
+		if !names[want] {
+			t.Errorf("kernel_probes lacks %s: %v", want, probes)
+		}
+	}
+	probedAt := st["kernel_probes_at"]
+	if r := sockaccel(t, "status", "--pin-dir", pin); r.code != 0 || !strings.Contains(r.stdout, "kernel probes:") || !strings.Contains(r.stdout, "  fionread: ") {
+		t.Errorf("status text: exit %d:\n%s", r.code, r.stdout)
+	}
+
+	if err := d.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Wait(); err != nil {
+		t.Errorf("daemon exit on SIGTERM: %v", err)
+	}
+	if got := status(t, pin)["kernel_probes"].([]any); len(got) != 5 {
+		t.Errorf("without a daemon kernel_probes = %v", got)
+	}
+
+	d2 := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin)
+	if logged(d2, true) != 5 || logged(d2, false) != 0 {
+		t.Errorf("restart logged %d stored and %d probed results, want 5 stored", logged(d2, true), logged(d2, false))
+	}
+	if got := status(t, pin)["kernel_probes_at"]; got != probedAt {
+		t.Errorf("restart probed again: kernel_probes_at %v, was %v", got, probedAt)
+	}
+	if err := d2.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	d2.Wait()
+	if r := sockaccel(t, "cleanup", "--pin-dir", pin); r.code != 0 {
+		t.Fatalf("cleanup: exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin dir %s still exists after cleanup", pin)
 	}
 }
 

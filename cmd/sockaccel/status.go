@@ -55,6 +55,14 @@ func runStatus(args []string) error {
 		fmt.Fprintf(w, "learned exclusion:\tport %d (%s end, cgroup %s) after %s by %s\n", l.Port, l.End, learnedCgroup(l), strings.Join(l.Reasons, ","), l.Comm)
 	}
 	fmt.Fprintf(w, "SO_RCVLOWAT lowered:\t%d\n", st.RcvlowatLowered)
+	if len(st.KernelProbes) == 0 {
+		fmt.Fprintf(w, "kernel probes:\tnone stored\n")
+	} else {
+		fmt.Fprintf(w, "kernel probes:\t%s, %s\n", st.KernelProbesKernel, st.KernelProbesAt)
+	}
+	for _, p := range st.KernelProbes {
+		fmt.Fprintf(w, "  %s\n", p)
+	}
 	return w.Flush()
 }
 
