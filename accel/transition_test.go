@@ -739,3 +739,16 @@ func TestFIONREADUsersAreLearned(t *testing.T) {
 			s.ExcludedLearned-before.ExcludedLearned, s.FIONREADMisread-before.FIONREADMisread)
 	}
 }
+
+// The ioctl detector is attached exactly where the kernel probe found
+// FIONREAD leaving redirected bytes out (Debian 12's 6.1), not elsewhere.
+func TestFIONREADDetectorFollowsProbe(t *testing.T) {
+	n := newNode(t, nil)
+	want := 8
+	if !n.acc.KernelBehaviour().FIONREADCountsRedirected() {
+		want++
+	}
+	if got := testenv.DetectLinks(t, n.pin); got != want {
+		t.Errorf("%d detector links with fionread probe %+v, want %d", got, n.acc.KernelBehaviour().Probes, want)
+	}
+}
