@@ -266,7 +266,12 @@ func (a *Accelerator) start() error {
 	if a.anyLearned() {
 		flags |= uint32(accelConfigFlagsCONFIG_F_LEARNED)
 	}
-	if err := a.objs.SaConfig.Put(uint32(0), accelAccelConfig{Flags: flags, BacklogBytes: a.cfg.BacklogBytes, RcvbufMax: a.rmemMax}); err != nil {
+	hashInfo, err := a.objs.SaSockhash.Info()
+	if err != nil {
+		return fmt.Errorf("read sockhash info: %w", err)
+	}
+	hashID, _ := hashInfo.ID()
+	if err := a.objs.SaConfig.Put(uint32(0), accelAccelConfig{Flags: flags, BacklogBytes: a.cfg.BacklogBytes, RcvbufMax: a.rmemMax, SockhashId: uint32(hashID)}); err != nil {
 		return fmt.Errorf("write config map: %w", err)
 	}
 	// sk_msg first: a socket inserted by sock_ops takes the SOCKHASH's

@@ -18,7 +18,7 @@ type accelAccelConfig struct {
 	Flags        uint32
 	BacklogBytes uint32
 	RcvbufMax    uint32
-	Pad          uint32
+	SockhashId   uint32
 }
 
 type accelAccelStats struct {

@@ -41,10 +41,10 @@ func blockPeer(t *testing.T) []string {
 
 // blockingEcho runs conns duplex transfers of size bytes each way between
 // blocking peers and returns the two programs, started.
-func blockingEcho(t *testing.T, client, server testenv.Endpoint, addr string, port, conns int, size int64) (cl, srv *testenv.Process) {
+func blockingEcho(t *testing.T, client, server testenv.Endpoint, addr string, port, conns int, size int64, echoArgs ...string) (cl, srv *testenv.Process) {
 	t.Helper()
 	py := blockPeer(t)
-	srv = server.Start(t, append(py, "echo", addr, fmt.Sprint(port), fmt.Sprint(conns))...)
+	srv = server.Start(t, append(append(py, "echo", addr, fmt.Sprint(port), fmt.Sprint(conns)), echoArgs...)...)
 	srv.WaitOutput(t, "listening")
 	cl = client.Start(t, append(py, "duplex", addr, fmt.Sprint(port), fmt.Sprint(conns), fmt.Sprint(size))...)
 	return cl, srv
@@ -95,6 +95,48 @@ func TestBlockingPeersAcrossBacklogFallback(t *testing.T) {
 	checkPeers(t, conns, cl, srv)
 	s := n.stats(t)
 	t.Logf("redirected %d bytes, passed %d; off_backlog %d, resumed %d", s.RedirectedBytes, s.PassedBytes, s.OffBacklog, s.Resumed)
+}
+
+// Restarts of the daemon (a new binary adopting the pins) under blocking
+// peers: live connections keep their path and no call sees anything TCP
+// would not give.
+func TestRestartUnderLoadBlockingPeers(t *testing.T) {
+	n := newNode(t, nil)
+	tc := newTwoContainers(t, 235)
+	const conns, size = 8, 64 << 20
+	cl, srv := blockingEcho(t, n.in(tc.client), n.in(tc.server), "10.235.0.2", 7303, conns, size)
+	acc := n.acc
+	for round := range 3 {
+		waitFor(t, "the transfers to move on the fast path", func() (bool, string) {
+			s, err := acc.Stats()
+			return err == nil && s.RedirectedBytes > uint64(round+1)*48<<20, fmt.Sprintf("redirected %d bytes (%v)", s.RedirectedBytes, err)
+		})
+		acc.Close()
+		acc = testenv.Start(t, accel.Config{Cgroup: n.cg, PinDir: n.pin, MaxConns: 1024})
+		if !acc.Adopted() {
+			t.Fatalf("restart %d did not adopt the pins", round+1)
+		}
+	}
+	checkPeers(t, conns, cl, srv)
+}
+
+// A blocking server whose every recv asks for MSG_WAITALL: the detector
+// takes each connection off the fast path at its first such call, and once
+// nothing redirected is unread its sockets leave the sockhash (retired)
+// while the server may be asleep in recv. Neither transition may fail a
+// call or lose a byte.
+func TestWaitallUnderLoadBlockingPeers(t *testing.T) {
+	n := newNode(t, nil)
+	n.runEvents(t)
+	tc := newTwoContainers(t, 236)
+	const conns, size = 8, 32 << 20
+	cl, srv := blockingEcho(t, n.in(tc.client), n.in(tc.server), "10.236.0.2", 7304, conns, size, "waitall")
+	checkPeers(t, conns, cl, srv)
+	s := n.stats(t)
+	t.Logf("off_waitall %d, redirected %d bytes, passed %d, retired %d", s.OffWaitall, s.RedirectedBytes, s.PassedBytes, n.status(t).Retired)
+	if s.OffWaitall == 0 {
+		t.Error("no connection went off the fast path for MSG_WAITALL: this test showed nothing")
+	}
 }
 
 // firstEAGAIN is what a non-blocking writer pushing 256 KiB writes to a
@@ -539,8 +581,8 @@ func TestSpliceStallFailsFast(t *testing.T) {
 	}
 }
 
-// A connection that leaves the fast path both ways for good (here: the
-// reader asks for MSG_WAITALL) is handed back to TCP completely: once no
+// A connection that leaves the fast path both ways for good (here: both
+// ends ask for MSG_WAITALL) is handed back to TCP completely: once no
 // redirected byte is unread the daemon takes its sockets out of the
 // sockhash, and from then on FIONREAD and everything else is plain TCP.
 func TestConnectionOffForGoodIsRetired(t *testing.T) {
@@ -567,9 +609,10 @@ func TestConnectionOffForGoodIsRetired(t *testing.T) {
 	before := n.status(t)
 
 	// recv(MSG_WAITALL) marks the socket (seen at syscall entry, whatever
-	// the call then returns); the next send takes the connection off the
-	// fast path for good.
+	// the call then returns); the next send takes the direction into it
+	// off the fast path for good. Both ends ask, so both directions go.
 	recvRaw(t, p.Server, 4, unix.MSG_WAITALL|unix.MSG_DONTWAIT)
+	recvRaw(t, p.Client, 4, unix.MSG_WAITALL|unix.MSG_DONTWAIT)
 	oneWay(p.Client, p.Server, 4)
 	waitFor(t, "the connection's sockets to leave the sockhash", func() (bool, string) {
 		st := n.status(t)

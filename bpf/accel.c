@@ -861,8 +861,18 @@ static __always_inline void announce_retire(struct ct_entry *e)
 	bpf_ringbuf_submit(ev, 0);
 }
 
-/* Takes the connection off the fast path, both directions and for good, if
- * either end was seen using a call the redirect path does not honour.
+/* Takes a connection off the fast path for good where one of its ends was
+ * seen using a call the redirect path does not honour.
+ *
+ * Only the direction into that end goes to TCP (its reads, splices and
+ * FIONREAD then see a TCP receive queue); its own sends stay redirected.
+ * That matters to blocking applications: every socket in a sockhash
+ * receives through tcp_bpf_recvmsg, which returns EAGAIN to a blocking
+ * reader woken with nothing queued, and a socket sending through TCP wakes
+ * its own readers whenever ACKs free send-buffer space. An end that keeps
+ * redirecting never sends through TCP. Urgent data goes both ways to TCP
+ * (a send with MSG_OOB needs TCP as much as a receive), and a connection
+ * off both ways is handed back to TCP completely (announce_retire).
  *
  * Falling back is safe for recvmsg, which drains the redirect queue before
  * the TCP queue. splice reads only the TCP queue, so while the splicing end
@@ -871,6 +881,7 @@ static __always_inline void announce_retire(struct ct_entry *e)
 static __always_inline void consume_use_marks(struct ct_entry *e, struct accel_stats *st, struct use_gate *gate)
 {
 	struct use_mark *m;
+	__u32 bits, was;
 	__u64 addr;
 	int i;
 
@@ -888,9 +899,13 @@ static __always_inline void consume_use_marks(struct ct_entry *e, struct accel_s
 		if (__sync_val_compare_and_swap(&m->consumed, 0, 1) != 0)
 			continue;
 		__sync_fetch_and_add(&gate->unconsumed, -1);
-		if (__sync_fetch_and_or(&e->off, 3) == 3)
+		/* Direction d is the one sent by side d: into side i is i ^ 1. */
+		bits = (m->reasons & USE_OOB) ? 3 : 1U << (i ^ 1);
+		was = __sync_fetch_and_or(&e->off, bits);
+		if ((was & bits) == bits)
 			continue; /* already off for another reason */
-		announce_retire(e);
+		if ((was | bits) == 3)
+			announce_retire(e);
 		if (m->reasons & USE_SPLICE)
 			__sync_fetch_and_add(&st->off_splice, 1);
 		if (m->reasons & USE_WAITALL)
@@ -1088,6 +1103,46 @@ int sockaccel_setsockopt(struct bpf_sockopt *ctx)
 	return 1;
 }
 
+/* Maps a psock's link list is walked for at most. */
+#define PSOCK_LINKS_MAX 4
+
+/* Whether a psock belongs to our sockhash. The detectors see every socket
+ * on the host that has a psock, other sockmap users' (another sockaccel,
+ * Cilium) too; a mark on one of theirs would never be cleared by our close
+ * callback and could later match one of our sockets allocated at the same
+ * address, taking it off the fast path for nothing. */
+static __always_inline int psock_in_sockhash(struct sk_psock *psock)
+{
+	struct accel_config *cfg = config();
+	struct list_head *head = &psock->link, *pos = NULL;
+	struct sk_psock_link *l;
+	struct bpf_map *map;
+	__u32 id;
+	int i;
+
+	if (!cfg || !cfg->sockhash_id)
+		return 1;
+	if (bpf_probe_read_kernel(&pos, sizeof(pos), &head->next))
+		return 0;
+	for (i = 0; i < PSOCK_LINKS_MAX; i++) {
+		if (!pos || pos == head)
+			return 0;
+		l = (struct sk_psock_link *)((void *)pos -
+					     __builtin_preserve_field_info(((struct sk_psock_link *)0)->list,
+									   PSOCK_FIELD_BYTE_OFFSET));
+		map = NULL;
+		id = 0;
+		if (bpf_probe_read_kernel(&map, sizeof(map), &l->map) || !map ||
+		    bpf_probe_read_kernel(&id, sizeof(id), &map->id))
+			return 0;
+		if (id == cfg->sockhash_id)
+			return 1;
+		if (bpf_probe_read_kernel(&pos, sizeof(pos), &pos->next))
+			return 0;
+	}
+	return 0;
+}
+
 /* The struct sock behind the calling task's fd, if the fd is a socket
  * in some SOCKHASH or SOCKMAP (its sk_user_data is a psock). Read with
  * bpf_probe_read_kernel under the tracepoint's RCU read lock: a racing
@@ -1129,6 +1184,8 @@ static __always_inline __u64 psock_of_fd(__u64 fd)
 	if (bpf_probe_read_kernel(&user_data, sizeof(user_data), &sk->sk_user_data))
 		return 0;
 	if (!(user_data & SK_USER_DATA_PSOCK))
+		return 0;
+	if (!psock_in_sockhash((struct sk_psock *)(user_data & SK_USER_DATA_PTRMASK)))
 		return 0;
 	/* A socket past TCP_CLOSE (reset, or closed with the application
 	 * still holding it) has lost its mark with its conntrack entry; a

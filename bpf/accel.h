@@ -114,7 +114,9 @@ struct accel_config {
 	/* net.ipv4.tcp_rmem[2] of the daemon's namespace, written by the
 	 * daemon: the ceiling when the receiver's own cannot be read. */
 	__u32 rcvbuf_max;
-	__u32 _pad;
+	/* The id of this daemon's sockhash: the detectors act only on its
+	 * sockets (0: any socket with a psock). */
+	__u32 sockhash_id;
 };
 
 enum config_flags {

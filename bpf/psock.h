@@ -28,6 +28,14 @@ struct sk_psock {
 	 * have only the list. */
 	__u32 msg_tot_len;
 	struct list_head ingress_msg;
+	struct list_head link; /* of struct sk_psock_link: the maps holding the socket */
+} __attribute__((preserve_access_index));
+struct bpf_map {
+	__u32 id;
+} __attribute__((preserve_access_index));
+struct sk_psock_link {
+	struct list_head list;
+	struct bpf_map *map;
 } __attribute__((preserve_access_index));
 
 /* CO-RE relocation kinds (clang's __builtin_preserve_field_info). */

@@ -6,10 +6,11 @@ connection, plain blocking recv/sendall, no timeouts, no O_NONBLOCK. Go's
 runtime never sleeps inside recv(2), so only a program like this one can see
 what a blocking reader sees when a connection changes path under it.
 
-  blockpeer.py echo ADDR PORT CONNS
+  blockpeer.py echo ADDR PORT CONNS [waitall]
       Accept CONNS connections; echo each one back until EOF. Prints
       "listening", then one line per connection, "ok BYTES" or
-      "error ERRNO-NAME after BYTES".
+      "error ERRNO-NAME after BYTES". With waitall, every recv asks for
+      MSG_WAITALL (a full 64 KiB unless the stream ends).
   blockpeer.py duplex HOST PORT CONNS BYTES
       Open CONNS connections (with a timeout); on each, one thread sends
       BYTES of a seeded stream and shuts down writing while another reads
@@ -42,7 +43,7 @@ def err_name(e):
     return errno.errorcode.get(e.errno, str(e.errno)) if isinstance(e, OSError) and e.errno else repr(e)
 
 
-def echo(addr, port, conns):
+def echo(addr, port, conns, flags=0):
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     ln = socket.socket(family, socket.SOCK_STREAM)
     ln.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -56,7 +57,7 @@ def echo(addr, port, conns):
         total = 0
         try:
             while True:
-                data = c.recv(CHUNK)
+                data = c.recv(CHUNK, flags)
                 if not data:
                     break
                 c.sendall(data)
@@ -149,7 +150,8 @@ def duplex(host, port, conns, size):
 def main():
     mode = sys.argv[1]
     if mode == "echo":
-        ok = echo(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        waitall = len(sys.argv) > 5 and sys.argv[5] == "waitall"
+        ok = echo(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), socket.MSG_WAITALL if waitall else 0)
     elif mode == "duplex":
         ok = duplex(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:
