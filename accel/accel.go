@@ -99,6 +99,7 @@ type Accelerator struct {
 	exclPorts []uint16
 	exclCIDRs []netip.Prefix
 	learnRate learnLimiter
+	unpinned  []unpinnedLink // attached by this start, pinned at its end
 
 	// Resolved by validate, before anything shared changes.
 	cgroupID      uint64
@@ -286,7 +287,44 @@ func (a *Accelerator) start() error {
 	if err := a.attachDetect(); err != nil {
 		return err
 	}
-	return a.attachCgroup(sockOpsLink, ebpf.AttachCGroupSockOps, a.objs.SockaccelSockops)
+	if err := a.attachCgroup(sockOpsLink, ebpf.AttachCGroupSockOps, a.objs.SockaccelSockops); err != nil {
+		return err
+	}
+	return a.pinLinks()
+}
+
+// unpinnedLink is a link attached by this start and held only by this
+// process until pinLinks: if the process dies first, the kernel detaches
+// it, so a start killed at any point before then leaves nothing attached.
+type unpinnedLink struct {
+	link link.Link
+	path string
+}
+
+// pinLinks pins the links this start attached, sock_ops last, each under a
+// temporary name renamed over the final one (which releases the link an
+// earlier run pinned there). A start killed between two of these renames
+// leaves the ones done pinned; the next start adopts or replaces them.
+func (a *Accelerator) pinLinks() error {
+	for _, u := range a.unpinned {
+		if err := os.MkdirAll(filepath.Dir(u.path), 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", filepath.Dir(u.path), err)
+		}
+		tmp := u.path + "-new" // bpffs reserves names with dots
+		os.Remove(tmp)
+		if err := u.link.Pin(tmp); err != nil {
+			// Without bpf_link pinning the attachment dies with this
+			// process, which would break the promise that restarts do
+			// not touch connections.
+			return fmt.Errorf("pin link %s (needs bpf_link, Linux 5.7+): %w", u.path, err)
+		}
+		if err := os.Rename(tmp, u.path); err != nil {
+			u.link.Unpin()
+			return fmt.Errorf("pin link %s: %w", u.path, err)
+		}
+	}
+	a.unpinned = nil
+	return nil
 }
 
 // detectTracepointNames are the syscall tracepoints the use detector
@@ -314,8 +352,8 @@ func (a *Accelerator) detectTracepoints() map[string]*ebpf.Program {
 	}
 }
 
-// attachDetect attaches the use detector to its syscall tracepoints and pins
-// each link, replacing the links an earlier run pinned: tracepoint links
+// attachDetect attaches the use detector to its syscall tracepoints, to be
+// pinned by pinLinks over the links an earlier run pinned: tracepoint links
 // cannot swap programs, and renaming the new pin over the old one releases
 // the old link. For a moment both run, which only marks a socket twice.
 func (a *Accelerator) attachDetect() error {
@@ -342,18 +380,8 @@ func (a *Accelerator) attachDetect() error {
 		if err != nil {
 			return fmt.Errorf("attach use detection to tracepoint syscalls/%s (needs tracefs and syscall tracepoints; --detect=false runs without): %w", tp, err)
 		}
-		tmp := path + "-new" // bpffs reserves names with dots
-		os.Remove(tmp)
-		if err := l.Pin(tmp); err != nil {
-			l.Close()
-			return fmt.Errorf("pin %s link: %w", tp, err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			l.Unpin()
-			l.Close()
-			return fmt.Errorf("pin %s link: %w", tp, err)
-		}
 		a.links = append(a.links, l)
+		a.unpinned = append(a.unpinned, unpinnedLink{l, path})
 	}
 	if a.cfg.DisableDetect {
 		a.log.Info("use detection off: splice, MSG_WAITALL and MSG_OOB are not watched")
@@ -427,13 +455,8 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 		l.Close()
 		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
 	}
-	if err := l.Pin(path); err != nil {
-		// Without bpf_link the attachment dies with this process, which
-		// would break the promise that restarts do not touch connections.
-		l.Close()
-		return fmt.Errorf("pin %s link (needs cgroup bpf_link, Linux 5.7+): %w", attach, err)
-	}
 	a.links = append(a.links, l)
+	a.unpinned = append(a.unpinned, unpinnedLink{l, path})
 	a.log.Info("attached to cgroup", zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 	return nil
 }
