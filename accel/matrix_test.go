@@ -327,13 +327,19 @@ func compatibilityMatrix(t *testing.T, n *node, tc twoContainers, lo *testenv.Ne
 						}
 					}
 				}
+				differs := b.differs
+				if b.name == "FIONREAD" && !n.acc.KernelBehaviour().FIONREADCountsRedirected() {
+					// Debian 12's 6.1: the kernel probe found it, and the
+					// ioctl detector learns the service from this call on.
+					differs = "this kernel's FIONREAD leaves redirected bytes out (the first connection to a service only)"
+				}
 				switch {
-				case b.differs == "" && got[0] != got[1]:
+				case differs == "" && got[0] != got[1]:
 					t.Errorf("plain TCP: %s\naccelerated: %s", got[0], got[1])
-				case b.differs != "" && got[0] == got[1]:
-					t.Errorf("documented difference (%s) no longer happens: both %s; update the README matrix", b.differs, got[0])
-				case b.differs != "":
-					t.Logf("known difference (%s): plain %q, accelerated %q", b.differs, got[0], got[1])
+				case differs != "" && got[0] == got[1]:
+					t.Errorf("documented difference (%s) no longer happens: both %s; update the README matrix", differs, got[0])
+				case differs != "":
+					t.Logf("known difference (%s): plain %q, accelerated %q", differs, got[0], got[1])
 				default:
 					t.Logf("both: %s", got[1])
 				}
