@@ -99,6 +99,7 @@ type Accelerator struct {
 	exclPorts []uint16
 	exclCIDRs []netip.Prefix
 	learnRate learnLimiter
+	seen      seenUses
 	unpinned  []unpinnedLink // attached by this start, pinned at its end
 
 	// Resolved by validate, before anything shared changes.

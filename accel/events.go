@@ -71,6 +71,8 @@ func (a *Accelerator) handleUse(ev UseEvent) {
 	}
 	l, fresh, err := a.learn(ev)
 	switch {
+	case errors.Is(err, errSeen):
+		a.log.Debug(what+"; already reported", fields...)
 	case errors.Is(err, errLearnRate):
 		a.log.Warn(what+"; not learned: too many learned exclusions in the last minute", fields...)
 	case err != nil:

@@ -50,6 +50,38 @@ const (
 
 var errLearnRate = errors.New("learned exclusion rate limit reached")
 
+var errSeen = errors.New("socket already reported")
+
+// seenUses remembers which sockets already reported which use, so that a
+// socket repeating a call costs one map lookup, not a conntrack walk.
+type seenUses struct {
+	mu sync.Mutex
+	m  map[seenUse]struct{}
+}
+
+type seenUse struct {
+	cookie uint64
+	reason string
+}
+
+// seenUsesMax bounds the memory; past it the set starts over, which costs
+// at most one more conntrack walk per socket.
+const seenUsesMax = 4096
+
+func (s *seenUses) first(cookie uint64, reason string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := seenUse{cookie, reason}
+	if _, ok := s.m[k]; ok {
+		return false
+	}
+	if s.m == nil || len(s.m) >= seenUsesMax {
+		s.m = make(map[seenUse]struct{})
+	}
+	s.m[k] = struct{}{}
+	return true
+}
+
 // learnLimiter is a token bucket for new learned exclusions.
 type learnLimiter struct {
 	mu     sync.Mutex
@@ -77,6 +109,11 @@ func (l *learnLimiter) allow(now time.Time) bool {
 // lookup on. fresh is false when that service was already learned for this
 // reason.
 func (a *Accelerator) learn(ev UseEvent) (l LearnedExclusion, fresh bool, err error) {
+	// A socket reports every misread call (FIONREAD in a loop, say); one
+	// look at its connection per socket and reason is enough.
+	if !a.seen.first(ev.Cookie, ev.Reason) {
+		return l, false, errSeen
+	}
 	key, err := a.serviceOf(ev.Cookie)
 	if errors.Is(err, errConnGone) {
 		// Closed before the event was handled (the close callback removed
@@ -106,9 +143,9 @@ func (a *Accelerator) learn(ev UseEvent) (l LearnedExclusion, fresh bool, err er
 		if err := a.objs.SaLearned.Put(key, use); err != nil {
 			return l, false, fmt.Errorf("pin learned exclusion for port %d: %w", key.Port, err)
 		}
-	}
-	if err := a.updateFlags(uint32(accelConfigFlagsCONFIG_F_LEARNED), 0); err != nil {
-		return l, false, err
+		if err := a.updateFlags(uint32(accelConfigFlagsCONFIG_F_LEARNED), 0); err != nil {
+			return l, false, err
+		}
 	}
 	return learnedExclusion(key, use), fresh, nil
 }

@@ -68,3 +68,19 @@ func TestListensOn(t *testing.T) {
 		ln.Close()
 	}
 }
+
+func TestSeenUses(t *testing.T) {
+	var s seenUses
+	if !s.first(7, "fionread") || s.first(7, "fionread") {
+		t.Fatal("a socket's repeated report was not recognised")
+	}
+	if !s.first(7, "oob") || !s.first(8, "fionread") {
+		t.Fatal("another reason or socket was taken for a repeat")
+	}
+	for i := range uint64(seenUsesMax) {
+		s.first(1000+i, "splice")
+	}
+	if len(s.m) > seenUsesMax {
+		t.Errorf("%d remembered, want at most %d", len(s.m), seenUsesMax)
+	}
+}
