@@ -1,0 +1,142 @@
+//go:build linux
+
+package accel_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sockaccel/sockaccel/accel"
+	"github.com/sockaccel/sockaccel/accel/testenv"
+)
+
+// smallRcvbuf gives the plain peer a small receive buffer, so that the
+// accelerated end's writer keeps filling its send buffer and every ACK
+// frees space: the write-space wake-ups a blocking reader must sleep
+// through.
+func smallRcvbuf(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 32<<10)
+	})
+	return errors.Join(err, serr)
+}
+
+// plainDuplex is the peer that is not accelerated: it reads everything the
+// accelerated end sends, in small reads, and sends it a small message
+// after every MiB it has read; at EOF it shuts down writing. It returns
+// what it read and what it sent, as "BYTES SHA256".
+func plainDuplex(c *net.TCPConn) (got, sent string, err error) {
+	c.SetDeadline(time.Now().Add(3 * time.Minute))
+	rh, sh := sha256.New(), sha256.New()
+	var rn, sn int64
+	buf := make([]byte, 16<<10)
+	msg := []byte(strings.Repeat("now and then ", 10))
+	next := int64(1 << 20)
+	for {
+		n, rerr := c.Read(buf)
+		rh.Write(buf[:n])
+		rn += int64(n)
+		for rn >= next {
+			next += 1 << 20
+			if _, err := c.Write(msg); err != nil {
+				return "", "", fmt.Errorf("plain peer write: %w", err)
+			}
+			sh.Write(msg)
+			sn += int64(len(msg))
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return "", "", fmt.Errorf("plain peer read after %d bytes: %w", rn, rerr)
+		}
+	}
+	if err := c.CloseWrite(); err != nil {
+		return "", "", err
+	}
+	return fmt.Sprintf("%d %s", rn, hex.EncodeToString(rh.Sum(nil))), fmt.Sprintf("%d %s", sn, hex.EncodeToString(sh.Sum(nil))), nil
+}
+
+// A socket in the sockhash whose peer never is (a "lonely end": the peer is
+// on another host, outside the target cgroup, or excluded) sends everything
+// through TCP, but as long as it is in the sockhash it receives through
+// tcp_bpf_recvmsg, which ends a blocking reader's wait on any wake-up and
+// returns EAGAIN if nothing is queued: the write-space wake-ups of its own
+// writer thread's TCP sends are such wake-ups. A blocking full-duplex
+// Python endpoint inside the cgroup talks to a Go peer outside it and must
+// see no error and every byte intact both ways, as the accepted (server)
+// end and as a client that connected with a timeout and then switched to
+// blocking mode (what --conservative accelerates).
+func TestLonelyEndBlockingDuplex(t *testing.T) {
+	py := blockPeer(t)
+	const size = 64 << 20
+	for _, side := range []string{"server", "client"} {
+		t.Run(side, func(t *testing.T) {
+			n := newNode(t, func(c *accel.Config) { c.Conservative = true })
+			n.runEvents(t)
+			ns := testenv.NewNetns(t)
+			plain := testenv.Endpoint{Netns: ns} // the test process: outside the target cgroup
+			before := n.stats(t)
+			var (
+				proc *testenv.Process
+				conn *net.TCPConn
+				err  error
+			)
+			if side == "server" {
+				proc = n.in(ns).Start(t, append(py, "lonely-server", "127.0.0.1", "7401", fmt.Sprint(size))...)
+				proc.WaitOutput(t, "listening")
+				d := net.Dialer{Timeout: 30 * time.Second, Control: smallRcvbuf}
+				var c net.Conn
+				plain.Do(t, func() { c, err = d.Dial("tcp4", "127.0.0.1:7401") })
+				if err != nil {
+					t.Fatal(err)
+				}
+				conn = c.(*net.TCPConn)
+			} else {
+				lc := net.ListenConfig{Control: smallRcvbuf}
+				var ln net.Listener
+				plain.Do(t, func() { ln, err = lc.Listen(t.Context(), "tcp4", "127.0.0.1:7402") })
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ln.Close()
+				proc = n.in(ns).Start(t, append(py, "lonely-client", "127.0.0.1", "7402", fmt.Sprint(size))...)
+				c, err := ln.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				conn = c.(*net.TCPConn)
+			}
+			defer conn.Close()
+			got, sent, perr := plainDuplex(conn)
+			werr := proc.Wait(3 * time.Minute)
+			out := strings.TrimSpace(proc.Output())
+			s := n.stats(t)
+			t.Logf("%s end: inserted %d, passed %d bytes, redirected %d", side, s.Inserted-before.Inserted, s.PassedBytes-before.PassedBytes, s.RedirectedBytes-before.RedirectedBytes)
+			if perr != nil || werr != nil {
+				t.Fatalf("plain peer: %v; accelerated end: %v: %s", perr, werr, out)
+			}
+			f := strings.Fields(out)
+			if len(f) != 5 || f[0] != "ok" {
+				t.Fatalf("accelerated end said %q", out)
+			}
+			if want := f[1] + " " + f[2]; got != want {
+				t.Errorf("plain peer read %s, accelerated end sent %s", got, want)
+			}
+			if have := f[3] + " " + f[4]; sent != have {
+				t.Errorf("plain peer sent %s, accelerated end read %s", sent, have)
+			}
+		})
+	}
+}
