@@ -52,6 +52,7 @@ type accelAccelStats struct {
 	RcvlowatLowered uint64
 	OobMisread      uint64
 	Ulp             uint64
+	NoClient        uint64
 }
 
 type accelCidrKey struct {
@@ -102,6 +103,7 @@ type accelGcState struct {
 	ClosedGc uint64
 	GcRuns   uint64
 	Retired  uint64
+	Lonely   uint64
 }
 
 type accelLearnedPort struct {
@@ -112,6 +114,13 @@ type accelLearnedPort struct {
 	Comm     [16]int8
 }
 
+type accelLonelyEvent struct {
+	_      structs.HostLayout
+	Key    accelSockKey
+	Pad    uint32
+	Cookie uint64
+}
+
 type accelSockFlags uint32
 
 const (
@@ -120,6 +129,7 @@ const (
 	accelSockFlagsSOCK_F_TRACKED    accelSockFlags = 4
 	accelSockFlagsSOCK_F_NO_INGRESS accelSockFlags = 8
 	accelSockFlagsSOCK_F_NO_ACCEL   accelSockFlags = 16
+	accelSockFlagsSOCK_F_LONELY     accelSockFlags = 32
 )
 
 type accelSockKey struct {
@@ -187,6 +197,7 @@ const (
 	accelMapSaGc                     = "sa_gc"
 	accelMapSaGcWake                 = "sa_gc_wake"
 	accelMapSaLearnedPorts           = "sa_learned_ports"
+	accelMapSaLonely                 = "sa_lonely"
 	accelMapSaSockState              = "sa_sock_state"
 	accelMapSaSockhash               = "sa_sockhash"
 	accelMapSaStats                  = "sa_stats"
@@ -203,6 +214,7 @@ const (
 	accelProgSockaccelSockops        = "sockaccel_sockops"
 	accelVarUnusedConfigFlags        = "unused_config_flags"
 	accelVarUnusedCtSide             = "unused_ct_side"
+	accelVarUnusedLonelyEvent        = "unused_lonely_event"
 	accelVarUnusedSockFlags          = "unused_sock_flags"
 	accelVarUnusedUseEvent           = "unused_use_event"
 	accelVarUnusedUseReason          = "unused_use_reason"
@@ -274,6 +286,7 @@ type accelMapSpecs struct {
 	SaGc           *ebpf.MapSpec `ebpf:"sa_gc"`
 	SaGcWake       *ebpf.MapSpec `ebpf:"sa_gc_wake"`
 	SaLearnedPorts *ebpf.MapSpec `ebpf:"sa_learned_ports"`
+	SaLonely       *ebpf.MapSpec `ebpf:"sa_lonely"`
 	SaSockState    *ebpf.MapSpec `ebpf:"sa_sock_state"`
 	SaSockhash     *ebpf.MapSpec `ebpf:"sa_sockhash"`
 	SaStats        *ebpf.MapSpec `ebpf:"sa_stats"`
@@ -287,6 +300,7 @@ type accelMapSpecs struct {
 type accelVariableSpecs struct {
 	UnusedConfigFlags *ebpf.VariableSpec `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.VariableSpec `ebpf:"unused_ct_side"`
+	UnusedLonelyEvent *ebpf.VariableSpec `ebpf:"unused_lonely_event"`
 	UnusedSockFlags   *ebpf.VariableSpec `ebpf:"unused_sock_flags"`
 	UnusedUseEvent    *ebpf.VariableSpec `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.VariableSpec `ebpf:"unused_use_reason"`
@@ -321,6 +335,7 @@ type accelMaps struct {
 	SaGc           *ebpf.Map `ebpf:"sa_gc"`
 	SaGcWake       *ebpf.Map `ebpf:"sa_gc_wake"`
 	SaLearnedPorts *ebpf.Map `ebpf:"sa_learned_ports"`
+	SaLonely       *ebpf.Map `ebpf:"sa_lonely"`
 	SaSockState    *ebpf.Map `ebpf:"sa_sock_state"`
 	SaSockhash     *ebpf.Map `ebpf:"sa_sockhash"`
 	SaStats        *ebpf.Map `ebpf:"sa_stats"`
@@ -339,6 +354,7 @@ func (m *accelMaps) Close() error {
 		m.SaGc,
 		m.SaGcWake,
 		m.SaLearnedPorts,
+		m.SaLonely,
 		m.SaSockState,
 		m.SaSockhash,
 		m.SaStats,
@@ -353,6 +369,7 @@ func (m *accelMaps) Close() error {
 type accelVariables struct {
 	UnusedConfigFlags *ebpf.Variable `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.Variable `ebpf:"unused_ct_side"`
+	UnusedLonelyEvent *ebpf.Variable `ebpf:"unused_lonely_event"`
 	UnusedSockFlags   *ebpf.Variable `ebpf:"unused_sock_flags"`
 	UnusedUseEvent    *ebpf.Variable `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.Variable `ebpf:"unused_use_reason"`

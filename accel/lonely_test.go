@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -34,21 +35,21 @@ func smallRcvbuf(network, address string, c syscall.RawConn) error {
 
 // plainDuplex is the peer that is not accelerated: it reads everything the
 // accelerated end sends, in small reads, and sends it a small message
-// after every MiB it has read; at EOF it shuts down writing. It returns
+// after every `every` bytes it has read; at EOF it shuts down writing. It returns
 // what it read and what it sent, as "BYTES SHA256".
-func plainDuplex(c *net.TCPConn) (got, sent string, err error) {
+func plainDuplex(c *net.TCPConn, every int64) (got, sent string, err error) {
 	c.SetDeadline(time.Now().Add(3 * time.Minute))
 	rh, sh := sha256.New(), sha256.New()
 	var rn, sn int64
 	buf := make([]byte, 16<<10)
 	msg := []byte(strings.Repeat("now and then ", 10))
-	next := int64(1 << 20)
+	next := every
 	for {
 		n, rerr := c.Read(buf)
 		rh.Write(buf[:n])
 		rn += int64(n)
 		for rn >= next {
-			next += 1 << 20
+			next += every
 			if _, err := c.Write(msg); err != nil {
 				return "", "", fmt.Errorf("plain peer write: %w", err)
 			}
@@ -81,8 +82,25 @@ func plainDuplex(c *net.TCPConn) (got, sent string, err error) {
 func TestLonelyEndBlockingDuplex(t *testing.T) {
 	py := blockPeer(t)
 	const size = 64 << 20
-	for _, side := range []string{"server", "client"} {
-		t.Run(side, func(t *testing.T) {
+	for _, tc := range []struct {
+		name, side string
+		every      int64 // the plain peer sends after every this many bytes it read
+	}{
+		{"server", "server", 1 << 20},
+		{"client", "client", 1 << 20},
+		// The client's reader is asleep in recv from before its first
+		// send until the peer has read 16 MiB: the daemon takes the
+		// client out of the sockhash under it, but that recv is already
+		// inside tcp_bpf_recvmsg (see runLonely). Known gap, run with
+		// SOCKACCEL_TEST_LONELY_GAP=1: 3 of 10 runs failed, 5 of 5
+		// without the daemon's removal.
+		{"client-long-wait", "client", 16 << 20},
+	} {
+		side := tc.side
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.every > 1<<20 && os.Getenv("SOCKACCEL_TEST_LONELY_GAP") == "" {
+				t.Skip("known gap: a client's recv asleep since before the daemon removed it (SOCKACCEL_TEST_LONELY_GAP=1 runs it)")
+			}
 			n := newNode(t, func(c *accel.Config) { c.Conservative = true })
 			n.runEvents(t)
 			ns := testenv.NewNetns(t)
@@ -119,7 +137,7 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 				conn = c.(*net.TCPConn)
 			}
 			defer conn.Close()
-			got, sent, perr := plainDuplex(conn)
+			got, sent, perr := plainDuplex(conn, tc.every)
 			werr := proc.Wait(3 * time.Minute)
 			out := strings.TrimSpace(proc.Output())
 			s := n.stats(t)
@@ -127,7 +145,8 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 			if perr != nil || werr != nil {
 				t.Fatalf("plain peer: %v; accelerated end: %v: %s", perr, werr, out)
 			}
-			f := strings.Fields(out)
+			lines := strings.Split(out, "\n")
+			f := strings.Fields(lines[len(lines)-1]) // after "listening"
 			if len(f) != 5 || f[0] != "ok" {
 				t.Fatalf("accelerated end said %q", out)
 			}
@@ -137,6 +156,19 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 			if have := f[3] + " " + f[4]; sent != have {
 				t.Errorf("plain peer sent %s, accelerated end read %s", sent, have)
 			}
+			if side == "server" {
+				// Its client never entered the sockhash: it is not
+				// inserted at all.
+				if ins, nc := s.Inserted-before.Inserted, s.NoClient-before.NoClient; ins != 0 || nc != 1 {
+					t.Errorf("accepted end of a plain client: inserted %d, no_client %d; want 0, 1", ins, nc)
+				}
+				return
+			}
+			waitFor(t, "the lonely client end to leave the sockhash", func() (bool, string) {
+				st := n.status(t)
+				return st.Lonely == 1 && st.SockhashEntries == 0 && st.Conntrack.Entries == 0,
+					fmt.Sprintf("lonely %d, sockhash entries %d, conntrack entries %d", st.Lonely, st.SockhashEntries, st.Conntrack.Entries)
+			})
 		})
 	}
 }

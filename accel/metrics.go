@@ -52,7 +52,8 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`reason="storage_error"`, s.StorageErrors},
 		sample{`reason="disabled"`, s.Disabled},
 		sample{`reason="blocking"`, s.Blocking},
-		sample{`reason="ulp"`, s.ULP})
+		sample{`reason="ulp"`, s.ULP},
+		sample{`reason="no_client"`, s.NoClient})
 	metric("sockaccel_sends_backlog_total", "counter", "Sends handed to TCP because the receiver was further behind than the backlog bound.", one(s.OffBacklog))
 	metric("sockaccel_directions_off_total", "counter", "Connection directions taken off the fast path for good, by reason.",
 		sample{`reason="setsockopt"`, s.OffSetsockopt})
@@ -68,6 +69,7 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`by="close_callback"`, s.ClosedDirect},
 		sample{`by="gc"`, s.Conntrack.ClosedGC})
 	metric("sockaccel_connections_retired_total", "counter", "Connections off the fast path both ways for good whose sockets left the sockhash, back to plain TCP.", one(s.Conntrack.Retired))
+	metric("sockaccel_lonely_ends_total", "counter", "Client ends taken out of the sockhash because their server never joined, back to plain TCP.", one(s.Conntrack.Lonely))
 	metric("sockaccel_conntrack_full_total", "counter", "Connections not tracked because conntrack was full.", one(s.CtFull))
 	metric("sockaccel_conntrack_gc_runs_total", "counter", "Fallback GC passes (zero while nothing needs collecting).", one(s.Conntrack.GCRuns))
 	_, err := io.WriteString(w, b.String())

@@ -41,6 +41,10 @@ type Conntrack struct {
 	// Connections off the fast path both ways for good whose sockets the
 	// daemon took out of the sockhash, back to plain TCP.
 	Retired uint64 `json:"retired"`
+	// Client ends the daemon took out of the sockhash because their
+	// server never joined (another host, outside the target cgroup,
+	// excluded), back to plain TCP.
+	Lonely uint64 `json:"lonely"`
 }
 
 // Stats are the BPF counters summed over CPUs.
@@ -89,6 +93,10 @@ type Stats struct {
 	// Not accelerated: the socket had a ULP (MPTCP subflows, kTLS),
 	// which the kernel refuses in a sockhash.
 	ULP uint64 `json:"ulp"`
+	// Not accelerated: an accepted socket whose client is not in the
+	// sockhash (another host, outside the target cgroup, excluded,
+	// refused, blocking in conservative mode).
+	NoClient uint64 `json:"no_client"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -195,7 +203,7 @@ func readConntrack(pinDir string) (Conntrack, error) {
 		if err != nil {
 			return ct, fmt.Errorf("read gc state: %w", err)
 		}
-		ct.ClosedGC, ct.GCRuns, ct.Retired = g.ClosedGc, g.GcRuns, g.Retired
+		ct.ClosedGC, ct.GCRuns, ct.Retired, ct.Lonely = g.ClosedGc, g.GcRuns, g.Retired, g.Lonely
 	}
 	return ct, nil
 }
@@ -242,6 +250,7 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.RcvlowatLowered += c.RcvlowatLowered
 		s.OOBMisread += c.OobMisread
 		s.ULP += c.Ulp
+		s.NoClient += c.NoClient
 	}
 	return s, nil
 }

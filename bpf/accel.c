@@ -98,6 +98,7 @@ struct tcp_sock {
 	struct inet_connection_sock inet_conn;
 	__u32 write_seq;  /* end of what the application handed to TCP */
 	__u32 copied_seq; /* what the application has read from TCP */
+	__u32 snd_una;    /* first byte we sent that is not acknowledged */
 } __attribute__((preserve_access_index));
 
 #define S_IFMT 0170000
@@ -118,6 +119,7 @@ const enum sock_flags *unused_sock_flags __attribute__((unused));
 const enum ct_side *unused_ct_side __attribute__((unused));
 const enum use_reason *unused_use_reason __attribute__((unused));
 const struct use_event *unused_use_event __attribute__((unused));
+const struct lonely_event *unused_lonely_event __attribute__((unused));
 
 
 /* Both ends of every accelerated connection. Sized at load time from
@@ -207,6 +209,14 @@ struct {
 	__uint(max_entries, 4096);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sa_gc_wake SEC(".maps");
+
+/* Client ends whose server never joined (struct lonely_event), for the
+ * daemon to take out of the sockhash. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096 * 16);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_lonely SEC(".maps");
 
 /* Sockets seen using a call the redirect path does not honour (struct
  * use_mark), by struct sock address. LRU: a mark is never worth failing
@@ -609,6 +619,21 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		state->ct_key = state->peer;
 	}
 
+	/* An accepted end joins only a client that is in the sockhash: that
+	 * client established (and entered conntrack) before it sent the ACK
+	 * that establishes us, so without it now we would be a lonely end,
+	 * sending everything through TCP while receiving through
+	 * tcp_bpf_recvmsg, whose blocking reader gets EAGAIN from the
+	 * write-space wake-ups of those sends. */
+	if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && !(flags & CONFIG_F_NO_CONNTRACK)) {
+		struct ct_entry *client = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
+
+		if (!client || !client->cookie[CT_SIDE_ACTIVE]) {
+			__sync_fetch_and_add(&st->no_client, 1);
+			return;
+		}
+	}
+
 	err = bpf_sock_hash_update(skops, &sa_sockhash, &key, BPF_NOEXIST);
 	if (err == -E2BIG) {
 		__sync_fetch_and_add(&st->map_full, 1);
@@ -833,6 +858,27 @@ static __always_inline void consume_use_marks(struct ct_entry *e, struct accel_s
 	}
 }
 
+/* A client end whose data its server acknowledged while the server end is
+ * still missing from the entry is lonely for good: a local server in scope
+ * enters conntrack when it establishes, before it acknowledges any data.
+ * Tells the daemon once (a full ring buffer: the next send tries again). */
+static __always_inline void report_lonely(struct bpf_sock *sk, struct sock_state *state, struct ct_entry *e)
+{
+	struct tcp_sock *me = bpf_skc_to_tcp_sock(sk);
+	struct lonely_event *ev;
+
+	if (!me || me->snd_una == state->ct_key.local_isn + 1)
+		return; /* nothing acknowledged yet: the server may still join */
+	ev = bpf_ringbuf_reserve(&sa_lonely, sizeof(*ev), 0);
+	if (!ev)
+		return;
+	ev->key = state->ct_key;
+	ev->_pad = 0;
+	ev->cookie = e->cookie[CT_SIDE_ACTIVE];
+	bpf_ringbuf_submit(ev, 0);
+	state->flags |= SOCK_F_LONELY;
+}
+
 SEC("sk_msg")
 int sockaccel_redirect(struct sk_msg_md *msg)
 {
@@ -908,6 +954,9 @@ pass:
 	/* From here on this direction stays on TCP (see SOCK_F_TCP_PATH). */
 	if (state && size)
 		state->flags |= SOCK_F_TCP_PATH;
+	/* No server end: only a client's own entry lacks one. */
+	if (e && !e->cookie[CT_SIDE_PASSIVE] && !(state->flags & (SOCK_F_REDIRECTED | SOCK_F_LONELY)))
+		report_lonely(sk, state, e);
 	st->passed_msgs++;
 	st->passed_bytes += size;
 	return SK_PASS;

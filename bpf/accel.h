@@ -81,6 +81,21 @@ struct gc_state {
 	__u64 retired;   /* written by the daemon only: connections whose
 			  * sockets it took out of the sockhash once they
 			  * were off the fast path for good */
+	__u64 lonely;    /* written by the daemon only: client ends it took
+			  * out of the sockhash because their server never
+			  * joined (see struct lonely_event) */
+};
+
+/* A client end in the sockhash whose server never will be (sa_lonely): its
+ * data was acknowledged while the conntrack entry still had no server end,
+ * and a local server in scope joins before it acknowledges any data. All
+ * its sends go through TCP, whose write-space wake-ups end a blocking
+ * reader's wait in tcp_bpf_recvmsg with EAGAIN; nothing was ever
+ * redirected into it, so the daemon removes it from the sockhash. */
+struct lonely_event {
+	struct sock_key key; /* the client end's key (its conntrack key) */
+	__u32 _pad;
+	__u64 cookie;        /* its socket cookie */
 };
 
 enum sock_flags {
@@ -99,6 +114,8 @@ enum sock_flags {
 	SOCK_F_NO_INGRESS = 1 << 3,
 	/* Never accelerate this socket at all (e.g. a ULP is installed). */
 	SOCK_F_NO_ACCEL = 1 << 4,
+	/* This end was reported to the daemon as lonely (sa_lonely). */
+	SOCK_F_LONELY = 1 << 5,
 };
 
 /* Runtime switches the daemon flips without reloading programs. */
@@ -193,6 +210,10 @@ struct accel_stats {
 	/* not accelerated: the socket has a ULP (MPTCP subflows, kTLS), which
 	 * the kernel refuses in a sockhash */
 	__u64 ulp;
+	/* not accelerated: an accepted socket whose client is not in the
+	 * sockhash (another host, outside the target cgroup, excluded,
+	 * refused, blocking in conservative mode): it would be a lonely end */
+	__u64 no_client;
 };
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */
