@@ -52,7 +52,7 @@ type accelAccelStats struct {
 	RcvlowatLowered uint64
 	OobMisread      uint64
 	Ulp             uint64
-	NoClient        uint64
+	NoPeer          uint64
 }
 
 type accelCidrKey struct {
@@ -198,6 +198,7 @@ const (
 	accelMapSaGcWake                 = "sa_gc_wake"
 	accelMapSaLearnedPorts           = "sa_learned_ports"
 	accelMapSaLonely                 = "sa_lonely"
+	accelMapSaServers                = "sa_servers"
 	accelMapSaSockState              = "sa_sock_state"
 	accelMapSaSockhash               = "sa_sockhash"
 	accelMapSaStats                  = "sa_stats"
@@ -287,6 +288,7 @@ type accelMapSpecs struct {
 	SaGcWake       *ebpf.MapSpec `ebpf:"sa_gc_wake"`
 	SaLearnedPorts *ebpf.MapSpec `ebpf:"sa_learned_ports"`
 	SaLonely       *ebpf.MapSpec `ebpf:"sa_lonely"`
+	SaServers      *ebpf.MapSpec `ebpf:"sa_servers"`
 	SaSockState    *ebpf.MapSpec `ebpf:"sa_sock_state"`
 	SaSockhash     *ebpf.MapSpec `ebpf:"sa_sockhash"`
 	SaStats        *ebpf.MapSpec `ebpf:"sa_stats"`
@@ -336,6 +338,7 @@ type accelMaps struct {
 	SaGcWake       *ebpf.Map `ebpf:"sa_gc_wake"`
 	SaLearnedPorts *ebpf.Map `ebpf:"sa_learned_ports"`
 	SaLonely       *ebpf.Map `ebpf:"sa_lonely"`
+	SaServers      *ebpf.Map `ebpf:"sa_servers"`
 	SaSockState    *ebpf.Map `ebpf:"sa_sock_state"`
 	SaSockhash     *ebpf.Map `ebpf:"sa_sockhash"`
 	SaStats        *ebpf.Map `ebpf:"sa_stats"`
@@ -355,6 +358,7 @@ func (m *accelMaps) Close() error {
 		m.SaGcWake,
 		m.SaLearnedPorts,
 		m.SaLonely,
+		m.SaServers,
 		m.SaSockState,
 		m.SaSockhash,
 		m.SaStats,

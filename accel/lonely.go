@@ -13,20 +13,21 @@ import (
 
 // runLonely takes lonely client ends out of the sockhash as sk_msg reports
 // them (sa_lonely) until ctx is done. A lonely end is in the sockhash but
-// its peer never will be (another host, outside the target cgroup,
-// excluded): it sends everything through TCP yet receives through
-// tcp_bpf_recvmsg, which ends a blocking reader's wait on the write-space
-// wake-ups of those sends and returns EAGAIN. Nothing was ever redirected
-// into it, so removing it loses nothing: from then on it is a plain TCP
-// socket. (Accepted ends never become lonely: sock_ops inserts one only if
-// its client is already in the sockhash.) Idle, this sleeps on the ring
-// buffer.
+// its peer never will be: it sends everything through TCP yet receives
+// through tcp_bpf_recvmsg, which ends a blocking reader's wait on the
+// write-space wake-ups of those sends and returns EAGAIN. sock_ops keeps
+// most out to begin with (no_peer: an accepted end whose client is not
+// tracked, a client no listener in scope answered); what is left is a
+// client whose listener was in scope but whose accepted end was not
+// inserted (excluded cgroup, full map), or a 4-tuple answered in another
+// namespace. Nothing was ever redirected into it, so removing it loses
+// nothing: from then on it is a plain TCP socket. Idle, this sleeps on the
+// ring buffer.
 //
 // Only recv calls made after the removal are plain TCP: one already asleep
 // in tcp_bpf_recvmsg holds the psock and still returns EAGAIN on the next
-// write-space wake-up (the client-long-wait case of
-// TestLonelyEndBlockingDuplex). The client is lonely from its first send
-// the server acknowledged until this runs.
+// write-space wake-up. The client is lonely from its first send the server
+// acknowledged until this runs.
 func (a *Accelerator) runLonely(ctx context.Context) error {
 	return readRing(ctx, a.objs.SaLonely, "lonely end", func(ev accelLonelyEvent) {
 		if err := a.dropLonely(ev.Key, ev.Cookie); err != nil {

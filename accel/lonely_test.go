@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/sockaccel/sockaccel/accel"
 	"github.com/sockaccel/sockaccel/accel/testenv"
+	"github.com/sockaccel/sockaccel/cgroup"
 )
 
 // smallRcvbuf gives the plain peer a small receive buffer, so that the
@@ -75,36 +75,43 @@ func plainDuplex(c *net.TCPConn, every int64) (got, sent string, err error) {
 // tcp_bpf_recvmsg, which ends a blocking reader's wait on any wake-up and
 // returns EAGAIN if nothing is queued: the write-space wake-ups of its own
 // writer thread's TCP sends are such wake-ups. A blocking full-duplex
-// Python endpoint inside the cgroup talks to a Go peer outside it and must
-// see no error and every byte intact both ways, as the accepted (server)
-// end and as a client that connected with a timeout and then switched to
-// blocking mode (what --conservative accelerates).
+// Python endpoint inside the cgroup talks to a Go peer that is not
+// accelerated and must see no error and every byte intact both ways, as the
+// accepted (server) end and as a client that connected with a timeout and
+// then switched to blocking mode (what --conservative accelerates).
 func TestLonelyEndBlockingDuplex(t *testing.T) {
 	py := blockPeer(t)
 	const size = 64 << 20
 	for _, tc := range []struct {
 		name, side string
 		every      int64 // the plain peer sends after every this many bytes it read
+		// The plain peer is a server in an excluded cgroup below the
+		// target (its listener is in scope, its accepted socket is not),
+		// not a process outside the target cgroup.
+		excluded bool
 	}{
-		{"server", "server", 1 << 20},
-		{"client", "client", 1 << 20},
+		{name: "server", side: "server", every: 1 << 20},
+		{name: "client", side: "client", every: 1 << 20},
 		// The client's reader is asleep in recv from before its first
-		// send until the peer has read 16 MiB: the daemon takes the
-		// client out of the sockhash under it, but that recv is already
-		// inside tcp_bpf_recvmsg (see runLonely). Known gap, run with
-		// SOCKACCEL_TEST_LONELY_GAP=1: 3 of 10 runs failed, 5 of 5
-		// without the daemon's removal.
-		{"client-long-wait", "client", 16 << 20},
+		// send until the peer has read 16 MiB.
+		{name: "client-long-wait", side: "client", every: 16 << 20},
+		// The client enters the sockhash (a listener in scope answered
+		// its SYN) and its server does not: the daemon takes it out.
+		{name: "client-excluded-server", side: "client", every: 1 << 20, excluded: true},
 	} {
 		side := tc.side
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.every > 1<<20 && os.Getenv("SOCKACCEL_TEST_LONELY_GAP") == "" {
-				t.Skip("known gap: a client's recv asleep since before the daemon removed it (SOCKACCEL_TEST_LONELY_GAP=1 runs it)")
-			}
 			n := newNode(t, func(c *accel.Config) { c.Conservative = true })
 			n.runEvents(t)
 			ns := testenv.NewNetns(t)
 			plain := testenv.Endpoint{Netns: ns} // the test process: outside the target cgroup
+			if tc.excluded {
+				excluded := testenv.ChildCgroup(t, n.cg, "excluded")
+				if err := n.acc.SetExcludedCgroups([]cgroup.Target{excluded}); err != nil {
+					t.Fatal(err)
+				}
+				plain.Cgroup = &excluded
+			}
 			before := n.stats(t)
 			var (
 				proc *testenv.Process
@@ -156,13 +163,16 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 			if have := f[3] + " " + f[4]; sent != have {
 				t.Errorf("plain peer sent %s, accelerated end read %s", sent, have)
 			}
-			if side == "server" {
-				// Its client never entered the sockhash: it is not
+			if !tc.excluded {
+				// Its peer is not a local socket in scope: it is not
 				// inserted at all.
-				if ins, nc := s.Inserted-before.Inserted, s.NoClient-before.NoClient; ins != 0 || nc != 1 {
-					t.Errorf("accepted end of a plain client: inserted %d, no_client %d; want 0, 1", ins, nc)
+				if ins, np := s.Inserted-before.Inserted, s.NoPeer-before.NoPeer; ins != 0 || np != 1 {
+					t.Errorf("%s end of a plain peer: inserted %d, no_peer %d; want 0, 1", side, ins, np)
 				}
 				return
+			}
+			if ins, ex := s.Inserted-before.Inserted, s.ExcludedCgroup-before.ExcludedCgroup; ins != 1 || ex != 1 {
+				t.Errorf("inserted %d, excluded_cgroup %d; want the client inserted and the server excluded", ins, ex)
 			}
 			waitFor(t, "the lonely client end to leave the sockhash", func() (bool, string) {
 				st := n.status(t)

@@ -53,7 +53,7 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`reason="disabled"`, s.Disabled},
 		sample{`reason="blocking"`, s.Blocking},
 		sample{`reason="ulp"`, s.ULP},
-		sample{`reason="no_client"`, s.NoClient})
+		sample{`reason="no_peer"`, s.NoPeer})
 	metric("sockaccel_sends_backlog_total", "counter", "Sends handed to TCP because the receiver was further behind than the backlog bound.", one(s.OffBacklog))
 	metric("sockaccel_directions_off_total", "counter", "Connection directions taken off the fast path for good, by reason.",
 		sample{`reason="setsockopt"`, s.OffSetsockopt})

@@ -96,7 +96,7 @@ type Stats struct {
 	// Not accelerated: an accepted socket whose client is not in the
 	// sockhash (another host, outside the target cgroup, excluded,
 	// refused, blocking in conservative mode).
-	NoClient uint64 `json:"no_client"`
+	NoPeer uint64 `json:"no_peer"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -250,7 +250,7 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.RcvlowatLowered += c.RcvlowatLowered
 		s.OOBMisread += c.OobMisread
 		s.ULP += c.Ulp
-		s.NoClient += c.NoClient
+		s.NoPeer += c.NoPeer
 	}
 	return s, nil
 }

@@ -210,10 +210,11 @@ struct accel_stats {
 	/* not accelerated: the socket has a ULP (MPTCP subflows, kTLS), which
 	 * the kernel refuses in a sockhash */
 	__u64 ulp;
-	/* not accelerated: an accepted socket whose client is not in the
-	 * sockhash (another host, outside the target cgroup, excluded,
-	 * refused, blocking in conservative mode): it would be a lonely end */
-	__u64 no_client;
+	/* not accelerated: the other end is not a local socket in scope (on
+	 * another host, outside the target cgroup; for an accepted socket
+	 * also a client that was excluded, refused or left out as blocking).
+	 * It would be a lonely end. */
+	__u64 no_peer;
 };
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */
