@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -89,6 +90,7 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 		// target (its listener is in scope, its accepted socket is not),
 		// not a process outside the target cgroup.
 		excluded bool
+		knownGap bool
 	}{
 		{name: "server", side: "server", every: 1 << 20},
 		{name: "client", side: "client", every: 1 << 20},
@@ -98,9 +100,17 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 		// The client enters the sockhash (a listener in scope answered
 		// its SYN) and its server does not: the daemon takes it out.
 		{name: "client-excluded-server", side: "client", every: 1 << 20, excluded: true},
+		// The same with the client's reader asleep from the start: the
+		// removal comes after that recv entered tcp_bpf_recvmsg, where
+		// the next write-space wake-up still ends it with EAGAIN. Known
+		// gap (8 of 10 runs fail), run with SOCKACCEL_TEST_LONELY_GAP=1.
+		{name: "client-excluded-server-long-wait", side: "client", every: 16 << 20, excluded: true, knownGap: true},
 	} {
 		side := tc.side
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.knownGap && os.Getenv("SOCKACCEL_TEST_LONELY_GAP") == "" {
+				t.Skip("known gap: a client recv asleep since before the daemon removed it (SOCKACCEL_TEST_LONELY_GAP=1 runs it)")
+			}
 			n := newNode(t, func(c *accel.Config) { c.Conservative = true })
 			n.runEvents(t)
 			ns := testenv.NewNetns(t)
