@@ -223,7 +223,7 @@ func (a *Accelerator) start() error {
 	spec.Maps[accelMapSaSockhash].MaxEntries = 2 * a.cfg.MaxConns
 	spec.Maps[accelMapSaConntrack].MaxEntries = a.cfg.MaxConns
 
-	carried, err := carryStats(a.cfg.PinDir, spec.Maps[accelMapSaStats])
+	carried, err := carryValues(a.cfg.PinDir, spec.Maps)
 	if err != nil {
 		return err
 	}
@@ -239,7 +239,7 @@ func (a *Accelerator) start() error {
 		}
 		return fmt.Errorf("load BPF programs: %w", err)
 	}
-	if err := restoreStats(a.objs.SaStats, carried); err != nil {
+	if err := restoreValues(map[string]*ebpf.Map{accelMapSaStats: a.objs.SaStats, accelMapSaGc: a.objs.SaGc}, carried); err != nil {
 		return err
 	}
 	var flags uint32

@@ -56,6 +56,7 @@ type accelAccelStats struct {
 	Repair          uint64
 	FionreadMisread uint64
 	OffFionread     uint64
+	NoPeer          uint64
 }
 
 type accelCidrKey struct {
@@ -107,6 +108,7 @@ type accelGcState struct {
 	ClosedGc uint64
 	GcRuns   uint64
 	Retired  uint64
+	Lonely   uint64
 }
 
 type accelLearnedEnd uint32
@@ -132,6 +134,13 @@ type accelLearnedUse struct {
 	Comm     [16]int8
 }
 
+type accelLonelyEvent struct {
+	_      structs.HostLayout
+	Key    accelSockKey
+	Pad    uint32
+	Cookie uint64
+}
+
 type accelSockFlags uint32
 
 const (
@@ -141,6 +150,7 @@ const (
 	accelSockFlagsSOCK_F_NO_INGRESS accelSockFlags = 8
 	accelSockFlagsSOCK_F_NO_ACCEL   accelSockFlags = 16
 	accelSockFlagsSOCK_F_REPAIR     accelSockFlags = 32
+	accelSockFlagsSOCK_F_LONELY     accelSockFlags = 64
 )
 
 type accelSockKey struct {
@@ -210,6 +220,8 @@ const (
 	accelMapSaGc                     = "sa_gc"
 	accelMapSaGcWake                 = "sa_gc_wake"
 	accelMapSaLearned                = "sa_learned"
+	accelMapSaLonely                 = "sa_lonely"
+	accelMapSaServers                = "sa_servers"
 	accelMapSaSockState              = "sa_sock_state"
 	accelMapSaSockhash               = "sa_sockhash"
 	accelMapSaStats                  = "sa_stats"
@@ -228,6 +240,7 @@ const (
 	accelVarUnusedConfigFlags        = "unused_config_flags"
 	accelVarUnusedCtSide             = "unused_ct_side"
 	accelVarUnusedLearnedEnd         = "unused_learned_end"
+	accelVarUnusedLonelyEvent        = "unused_lonely_event"
 	accelVarUnusedSockFlags          = "unused_sock_flags"
 	accelVarUnusedUseEvent           = "unused_use_event"
 	accelVarUnusedUseReason          = "unused_use_reason"
@@ -300,6 +313,8 @@ type accelMapSpecs struct {
 	SaGc          *ebpf.MapSpec `ebpf:"sa_gc"`
 	SaGcWake      *ebpf.MapSpec `ebpf:"sa_gc_wake"`
 	SaLearned     *ebpf.MapSpec `ebpf:"sa_learned"`
+	SaLonely      *ebpf.MapSpec `ebpf:"sa_lonely"`
+	SaServers     *ebpf.MapSpec `ebpf:"sa_servers"`
 	SaSockState   *ebpf.MapSpec `ebpf:"sa_sock_state"`
 	SaSockhash    *ebpf.MapSpec `ebpf:"sa_sockhash"`
 	SaStats       *ebpf.MapSpec `ebpf:"sa_stats"`
@@ -314,6 +329,7 @@ type accelVariableSpecs struct {
 	UnusedConfigFlags *ebpf.VariableSpec `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.VariableSpec `ebpf:"unused_ct_side"`
 	UnusedLearnedEnd  *ebpf.VariableSpec `ebpf:"unused_learned_end"`
+	UnusedLonelyEvent *ebpf.VariableSpec `ebpf:"unused_lonely_event"`
 	UnusedSockFlags   *ebpf.VariableSpec `ebpf:"unused_sock_flags"`
 	UnusedUseEvent    *ebpf.VariableSpec `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.VariableSpec `ebpf:"unused_use_reason"`
@@ -348,6 +364,8 @@ type accelMaps struct {
 	SaGc          *ebpf.Map `ebpf:"sa_gc"`
 	SaGcWake      *ebpf.Map `ebpf:"sa_gc_wake"`
 	SaLearned     *ebpf.Map `ebpf:"sa_learned"`
+	SaLonely      *ebpf.Map `ebpf:"sa_lonely"`
+	SaServers     *ebpf.Map `ebpf:"sa_servers"`
 	SaSockState   *ebpf.Map `ebpf:"sa_sock_state"`
 	SaSockhash    *ebpf.Map `ebpf:"sa_sockhash"`
 	SaStats       *ebpf.Map `ebpf:"sa_stats"`
@@ -366,6 +384,8 @@ func (m *accelMaps) Close() error {
 		m.SaGc,
 		m.SaGcWake,
 		m.SaLearned,
+		m.SaLonely,
+		m.SaServers,
 		m.SaSockState,
 		m.SaSockhash,
 		m.SaStats,
@@ -381,6 +401,7 @@ type accelVariables struct {
 	UnusedConfigFlags *ebpf.Variable `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.Variable `ebpf:"unused_ct_side"`
 	UnusedLearnedEnd  *ebpf.Variable `ebpf:"unused_learned_end"`
+	UnusedLonelyEvent *ebpf.Variable `ebpf:"unused_lonely_event"`
 	UnusedSockFlags   *ebpf.Variable `ebpf:"unused_sock_flags"`
 	UnusedUseEvent    *ebpf.Variable `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.Variable `ebpf:"unused_use_reason"`

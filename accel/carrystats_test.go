@@ -44,14 +44,30 @@ func TestRestartCarriesCountersOfAnOlderLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	old.Close()
-
-	acc := testenv.Start(t, accel.Config{Cgroup: cg, PinDir: pin, MaxConns: 1024})
-	s, err := acc.Stats()
+	// sa_gc as that release pinned it: armed, padding, closed_gc, gc_runs,
+	// retired.
+	oldGC, err := ebpf.NewMap(&ebpf.MapSpec{Name: "sa_gc", Type: ebpf.Array, KeySize: 4, ValueSize: 32, MaxEntries: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Established != 42 || s.Inserted != 7 || s.Repair != 0 {
-		t.Errorf("carried counters: established %d, inserted %d, repair %d; want 42, 7 and 0", s.Established, s.Inserted, s.Repair)
+	if err := oldGC.Put(uint32(0), [4]uint64{0, 3, 9, 5}); err != nil {
+		t.Fatal(err)
+	}
+	if err := oldGC.Pin(filepath.Join(pin, "sa_gc")); err != nil {
+		t.Fatal(err)
+	}
+	oldGC.Close()
+
+	acc := testenv.Start(t, accel.Config{Cgroup: cg, PinDir: pin, MaxConns: 1024})
+	st, err := acc.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Established != 42 || st.Inserted != 7 || st.Repair != 0 {
+		t.Errorf("carried counters: established %d, inserted %d, repair %d; want 42, 7 and 0", st.Established, st.Inserted, st.Repair)
+	}
+	if st.ClosedGC != 3 || st.GCRuns != 9 || st.Retired != 5 {
+		t.Errorf("carried GC state: closed_gc %d, gc_runs %d, retired %d; want 3, 9 and 5", st.ClosedGC, st.GCRuns, st.Retired)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"go.uber.org/zap"
 )
@@ -49,8 +50,16 @@ func useReasons(bits uint32) []string {
 // then on (pinned, so restarts keep it): the connection that hit it cannot
 // be helped, but the application's next connections to that service stay on
 // TCP, where splice and urgent data work.
+//
+// It also takes lonely client ends out of the sockhash (see runLonely).
 func (a *Accelerator) RunEvents(ctx context.Context) error {
-	return a.WatchEvents(ctx, a.handleUse)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lonely := make(chan error, 1)
+	go func() { lonely <- a.runLonely(ctx) }()
+	err := a.WatchEvents(ctx, a.handleUse)
+	cancel()
+	return errors.Join(err, <-lonely)
 }
 
 func (a *Accelerator) handleUse(ev UseEvent) {
@@ -91,11 +100,12 @@ var useMessages = map[string]string{
 	"fionread": "application asked FIONREAD on an accelerated socket with redirected bytes unread; this kernel leaves those out, so the call reported too little",
 }
 
-// WatchEvents calls f for each detector event until ctx is done.
-func (a *Accelerator) WatchEvents(ctx context.Context, f func(UseEvent)) error {
-	rd, err := ringbuf.NewReader(a.objs.SaEvents)
+// readRing decodes each record of the ring buffer m into a T and calls f
+// with it, until ctx is done.
+func readRing[T any](ctx context.Context, m *ebpf.Map, what string, f func(T)) error {
+	rd, err := ringbuf.NewReader(m)
 	if err != nil {
-		return fmt.Errorf("open detector event ring buffer: %w", err)
+		return fmt.Errorf("open %s ring buffer: %w", what, err)
 	}
 	defer rd.Close()
 	stop := context.AfterFunc(ctx, func() { rd.Close() })
@@ -106,12 +116,19 @@ func (a *Accelerator) WatchEvents(ctx context.Context, f func(UseEvent)) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("read detector events: %w", err)
+			return fmt.Errorf("read %s: %w", what, err)
 		}
-		var ev accelUseEvent
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev); err != nil {
-			return fmt.Errorf("decode detector event: %w", err)
+		var v T
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &v); err != nil {
+			return fmt.Errorf("decode %s: %w", what, err)
 		}
+		f(v)
+	}
+}
+
+// WatchEvents calls f for each detector event until ctx is done.
+func (a *Accelerator) WatchEvents(ctx context.Context, f func(UseEvent)) error {
+	return readRing(ctx, a.objs.SaEvents, "detector event", func(ev accelUseEvent) {
 		reason := "splice"
 		switch ev.Reason {
 		case uint32(accelUseReasonUSE_OOB):
@@ -132,7 +149,7 @@ func (a *Accelerator) WatchEvents(ctx context.Context, f func(UseEvent)) error {
 			FD:         ev.Fd,
 			CgroupID:   ev.CgroupId,
 		})
-	}
+	})
 }
 
 func cString(b []int8) string {

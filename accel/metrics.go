@@ -54,7 +54,8 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`reason="blocking"`, s.Blocking},
 		sample{`reason="ulp"`, s.ULP},
 		sample{`reason="excluded_learned"`, s.ExcludedLearned},
-		sample{`reason="repair"`, s.Repair})
+		sample{`reason="repair"`, s.Repair},
+		sample{`reason="no_peer"`, s.NoPeer})
 	metric("sockaccel_sends_backlog_total", "counter", "Sends handed to TCP because the receiver was further behind than the backlog bound.", one(s.OffBacklog))
 	metric("sockaccel_directions_off_total", "counter", "Connection directions taken off the fast path for good, by reason.",
 		sample{`reason="setsockopt"`, s.OffSetsockopt})
@@ -72,6 +73,7 @@ func WritePrometheus(w io.Writer, s Status, version string) error {
 		sample{`by="close_callback"`, s.ClosedDirect},
 		sample{`by="gc"`, s.Conntrack.ClosedGC})
 	metric("sockaccel_connections_retired_total", "counter", "Connections off the fast path both ways for good whose sockets left the sockhash, back to plain TCP.", one(s.Conntrack.Retired))
+	metric("sockaccel_lonely_ends_total", "counter", "Client ends taken out of the sockhash because their server never joined, back to plain TCP.", one(s.Conntrack.Lonely))
 	metric("sockaccel_conntrack_full_total", "counter", "Connections not tracked because conntrack was full.", one(s.CtFull))
 	metric("sockaccel_conntrack_gc_runs_total", "counter", "Fallback GC passes (zero while nothing needs collecting).", one(s.Conntrack.GCRuns))
 	_, err := io.WriteString(w, b.String())

@@ -49,6 +49,10 @@ type Conntrack struct {
 	// Connections off the fast path both ways for good whose sockets the
 	// daemon took out of the sockhash, back to plain TCP.
 	Retired uint64 `json:"retired"`
+	// Client ends the daemon took out of the sockhash because their
+	// server never joined (another host, outside the target cgroup,
+	// excluded), back to plain TCP.
+	Lonely uint64 `json:"lonely"`
 }
 
 // Stats are the BPF counters summed over CPUs.
@@ -108,6 +112,10 @@ type Stats struct {
 	// Connections taken off the fast path for good when one end first
 	// asked FIONREAD (only where the kernel gets it wrong).
 	OffFIONREAD uint64 `json:"off_fionread"`
+	// Not accelerated: an accepted socket whose client is not in the
+	// sockhash (another host, outside the target cgroup, excluded,
+	// refused, blocking in conservative mode).
+	NoPeer uint64 `json:"no_peer"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
@@ -220,7 +228,7 @@ func readConntrack(pinDir string) (Conntrack, error) {
 		if err != nil {
 			return ct, fmt.Errorf("read gc state: %w", err)
 		}
-		ct.ClosedGC, ct.GCRuns, ct.Retired = g.ClosedGc, g.GcRuns, g.Retired
+		ct.ClosedGC, ct.GCRuns, ct.Retired, ct.Lonely = g.ClosedGc, g.GcRuns, g.Retired, g.Lonely
 	}
 	return ct, nil
 }
@@ -271,6 +279,7 @@ func readStats(m *ebpf.Map) (Stats, error) {
 		s.Repair += c.Repair
 		s.FIONREADMisread += c.FionreadMisread
 		s.OffFIONREAD += c.OffFionread
+		s.NoPeer += c.NoPeer
 	}
 	return s, nil
 }

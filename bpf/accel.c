@@ -99,6 +99,7 @@ struct tcp_sock {
 	__u32 write_seq;  /* end of what the application handed to TCP */
 	__u32 copied_seq; /* what the application has read from TCP */
 	__u8 repair : 1;  /* TCP_REPAIR: sequence numbers set by the caller */
+	__u32 snd_una;    /* first byte we sent that is not acknowledged */
 } __attribute__((preserve_access_index));
 
 /* CO-RE reads of a bitfield (the kinds of __builtin_preserve_field_info,
@@ -139,6 +140,7 @@ const enum ct_side *unused_ct_side __attribute__((unused));
 const enum use_reason *unused_use_reason __attribute__((unused));
 const struct use_event *unused_use_event __attribute__((unused));
 const enum learned_end *unused_learned_end __attribute__((unused));
+const struct lonely_event *unused_lonely_event __attribute__((unused));
 
 
 /* Both ends of every accelerated connection. Sized at load time from
@@ -228,6 +230,25 @@ struct {
 	__uint(max_entries, 4096);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sa_gc_wake SEC(".maps");
+
+/* Connections a listener in scope answered the SYN of, keyed by the
+ * client's view of the tuple (ISNs 0), until that client establishes. LRU:
+ * a record lost to a SYN flood only leaves that connection on TCP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct sock_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_servers SEC(".maps");
+
+/* Client ends whose server never joined (struct lonely_event), for the
+ * daemon to take out of the sockhash. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096 * 16);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sa_lonely SEC(".maps");
 
 /* Sockets seen using a call the redirect path does not honour (struct
  * use_mark), by struct sock address. LRU: a mark is never worth failing
@@ -529,6 +550,59 @@ static __always_inline void ct_close(struct bpf_sock_ops *skops)
 		__sync_fetch_and_add(&st->closed_direct, 1);
 }
 
+/* The addresses and ports of the socket skops is about (a request socket's
+ * too: they live in sock_common), in sock_key form; ISNs are left alone. */
+static __always_inline void skops_tuple(struct bpf_sock_ops *skops, __u32 family, struct sock_key *key)
+{
+	if (family == AF_INET) {
+		/* Separate loads: the verifier rejects a ctx pointer the
+		 * compiler offsets once and shares between two reads. */
+		__u32 local4 = skops->local_ip4;
+		__u32 remote4 = skops->remote_ip4;
+
+		barrier_var(local4);
+		barrier_var(remote4);
+		ipv4_mapped(key->local_ip, local4);
+		ipv4_mapped(key->remote_ip, remote4);
+	} else {
+		key->local_ip[0] = skops->local_ip6[0];
+		key->local_ip[1] = skops->local_ip6[1];
+		key->local_ip[2] = skops->local_ip6[2];
+		key->local_ip[3] = skops->local_ip6[3];
+		key->remote_ip[0] = skops->remote_ip6[0];
+		key->remote_ip[1] = skops->remote_ip6[1];
+		key->remote_ip[2] = skops->remote_ip6[2];
+		key->remote_ip[3] = skops->remote_ip6[3];
+	}
+	/* local_port is host order; remote_port carries the network-order port
+	 * in its upper 16 bits. */
+	key->local_port = bpf_htons((__u16)skops->local_port);
+	key->remote_port = (__u16)(skops->remote_port >> 16);
+}
+
+/* A listener in scope answers a SYN: remember the connection, as its client
+ * will see it, so that the client inserts itself only if its server is a
+ * local socket in scope (see track_established). Runs before the SYN-ACK
+ * goes out, so before the client's established callback. */
+static __always_inline void note_server(struct bpf_sock_ops *skops)
+{
+	struct accel_config *cfg = config();
+	struct sock_key server = {}, client = {};
+	__u32 family = skops->family;
+	__u32 one = 1;
+
+	if (!cfg || (cfg->flags & CONFIG_F_NO_NEW) || (family != AF_INET && family != AF_INET6))
+		return;
+	skops_tuple(skops, family, &server);
+	__builtin_memcpy(client.local_ip, server.remote_ip, sizeof(client.local_ip));
+	__builtin_memcpy(client.remote_ip, server.local_ip, sizeof(client.remote_ip));
+	client.local_isn = 0;
+	client.remote_isn = 0;
+	client.local_port = server.remote_port;
+	client.remote_port = server.local_port;
+	bpf_map_update_elem(&sa_servers, &client, &one, BPF_ANY);
+}
+
 static __always_inline void track_established(struct bpf_sock_ops *skops)
 {
 	struct accel_stats *st = stats();
@@ -565,30 +639,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		return;
 	}
 
-	if (family == AF_INET) {
-		/* Separate loads: the verifier rejects a ctx pointer the
-		 * compiler offsets once and shares between two reads. */
-		__u32 local4 = skops->local_ip4;
-		__u32 remote4 = skops->remote_ip4;
-
-		barrier_var(local4);
-		barrier_var(remote4);
-		ipv4_mapped(key.local_ip, local4);
-		ipv4_mapped(key.remote_ip, remote4);
-	} else {
-		key.local_ip[0] = skops->local_ip6[0];
-		key.local_ip[1] = skops->local_ip6[1];
-		key.local_ip[2] = skops->local_ip6[2];
-		key.local_ip[3] = skops->local_ip6[3];
-		key.remote_ip[0] = skops->remote_ip6[0];
-		key.remote_ip[1] = skops->remote_ip6[1];
-		key.remote_ip[2] = skops->remote_ip6[2];
-		key.remote_ip[3] = skops->remote_ip6[3];
-	}
-	/* local_port is host order; remote_port carries the network-order port
-	 * in its upper 16 bits. */
-	key.local_port = bpf_htons((__u16)skops->local_port);
-	key.remote_port = (__u16)(skops->remote_port >> 16);
+	skops_tuple(skops, family, &key);
 
 	if ((flags & CONFIG_F_EXCL_PORTS) &&
 	    (port_excluded((__u16)skops->local_port) || port_excluded(bpf_ntohs(key.remote_port)))) {
@@ -676,6 +727,35 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		state->ct_key = state->peer;
 	}
 
+	/* An accepted end joins only a client that is in the sockhash: that
+	 * client established (and entered conntrack) before it sent the ACK
+	 * that establishes us, so without it now we would be a lonely end,
+	 * sending everything through TCP while receiving through
+	 * tcp_bpf_recvmsg, whose blocking reader gets EAGAIN from the
+	 * write-space wake-ups of those sends. */
+	if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && !(flags & CONFIG_F_NO_CONNTRACK)) {
+		struct ct_entry *client = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
+
+		if (!client || !client->cookie[CT_SIDE_ACTIVE]) {
+			__sync_fetch_and_add(&st->no_peer, 1);
+			return;
+		}
+	}
+
+	/* A client joins only if a listener in scope answered its SYN on this
+	 * host (note_server): otherwise its server never joins, and it would
+	 * be a lonely end from the start. The record is consumed here. */
+	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+		struct sock_key tuple = key;
+
+		tuple.local_isn = 0;
+		tuple.remote_isn = 0;
+		if (bpf_map_delete_elem(&sa_servers, &tuple)) {
+			__sync_fetch_and_add(&st->no_peer, 1);
+			return;
+		}
+	}
+
 	err = bpf_sock_hash_update(skops, &sa_sockhash, &key, BPF_NOEXIST);
 	if (err == -E2BIG) {
 		__sync_fetch_and_add(&st->map_full, 1);
@@ -701,6 +781,11 @@ int sockaccel_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == TCP_CLOSE)
 			ct_close(skops);
+		break;
+	case BPF_SOCK_OPS_RWND_INIT:
+		/* Also run for a connect()ing socket, a full one. */
+		if (!skops->is_fullsock)
+			note_server(skops);
 		break;
 	}
 	/* Other sock_ops programs on this or a parent cgroup decide replies;
@@ -917,6 +1002,27 @@ static __always_inline void consume_use_marks(struct ct_entry *e, struct accel_s
 	}
 }
 
+/* A client end whose data its server acknowledged while the server end is
+ * still missing from the entry is lonely for good: a local server in scope
+ * enters conntrack when it establishes, before it acknowledges any data.
+ * Tells the daemon once (a full ring buffer: the next send tries again). */
+static __always_inline void report_lonely(struct bpf_sock *sk, struct sock_state *state, struct ct_entry *e)
+{
+	struct tcp_sock *me = bpf_skc_to_tcp_sock(sk);
+	struct lonely_event *ev;
+
+	if (!me || me->snd_una == state->ct_key.local_isn + 1)
+		return; /* nothing acknowledged yet: the server may still join */
+	ev = bpf_ringbuf_reserve(&sa_lonely, sizeof(*ev), 0);
+	if (!ev)
+		return;
+	ev->key = state->ct_key;
+	ev->_pad = 0;
+	ev->cookie = e->cookie[CT_SIDE_ACTIVE];
+	bpf_ringbuf_submit(ev, 0);
+	state->flags |= SOCK_F_LONELY;
+}
+
 SEC("sk_msg")
 int sockaccel_redirect(struct sk_msg_md *msg)
 {
@@ -992,6 +1098,9 @@ pass:
 	/* From here on this direction stays on TCP (see SOCK_F_TCP_PATH). */
 	if (state && size)
 		state->flags |= SOCK_F_TCP_PATH;
+	/* No server end: only a client's own entry lacks one. */
+	if (e && !e->cookie[CT_SIDE_PASSIVE] && !(state->flags & (SOCK_F_REDIRECTED | SOCK_F_LONELY)))
+		report_lonely(sk, state, e);
 	st->passed_msgs++;
 	st->passed_bytes += size;
 	return SK_PASS;

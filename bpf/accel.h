@@ -81,6 +81,21 @@ struct gc_state {
 	__u64 retired;   /* written by the daemon only: connections whose
 			  * sockets it took out of the sockhash once they
 			  * were off the fast path for good */
+	__u64 lonely;    /* written by the daemon only: client ends it took
+			  * out of the sockhash because their server never
+			  * joined (see struct lonely_event) */
+};
+
+/* A client end in the sockhash whose server never will be (sa_lonely): its
+ * data was acknowledged while the conntrack entry still had no server end,
+ * and a local server in scope joins before it acknowledges any data. All
+ * its sends go through TCP, whose write-space wake-ups end a blocking
+ * reader's wait in tcp_bpf_recvmsg with EAGAIN; nothing was ever
+ * redirected into it, so the daemon removes it from the sockhash. */
+struct lonely_event {
+	struct sock_key key; /* the client end's key (its conntrack key) */
+	__u32 _pad;
+	__u64 cookie;        /* its socket cookie */
 };
 
 enum sock_flags {
@@ -101,6 +116,8 @@ enum sock_flags {
 	SOCK_F_NO_ACCEL = 1 << 4,
 	/* TCP_REPAIR was set on this socket: never paired. */
 	SOCK_F_REPAIR = 1 << 5,
+	/* This end was reported to the daemon as lonely (sa_lonely). */
+	SOCK_F_LONELY = 1 << 6,
 };
 
 /* Runtime switches the daemon flips without reloading programs. */
@@ -210,6 +227,11 @@ struct accel_stats {
 	/* Connections taken off the fast path for good when one end first
 	 * asked FIONREAD (only on kernels where it is wrong) */
 	__u64 off_fionread;
+	/* not accelerated: the other end is not a local socket in scope (on
+	 * another host, outside the target cgroup; for an accepted socket
+	 * also a client that was excluded, refused or left out as blocking).
+	 * It would be a lonely end. */
+	__u64 no_peer;
 };
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */

@@ -16,6 +16,14 @@ what a blocking reader sees when a connection changes path under it.
       BYTES of a seeded stream and shuts down writing while another reads
       the echo and checks it. Prints one line per connection, "ok BYTES" or
       "error WHAT after BYTES".
+  blockpeer.py lonely-server ADDR PORT BYTES
+  blockpeer.py lonely-client HOST PORT BYTES
+      One connection, accepted, or connected with a timeout (non-blocking
+      at establishment, as --conservative accelerates) and then switched to
+      blocking mode. One thread sends BYTES of a seeded stream and shuts
+      down writing while another sits in blocking recv until EOF: meant for
+      a peer that is not accelerated, so that every send goes through TCP.
+      Prints "ok SENT SENT_SHA256 GOT GOT_SHA256" or "error WHAT after GOT".
 
 Exit status 0 only if every connection said ok.
 """
@@ -81,12 +89,73 @@ def echo(addr, port, conns, flags=0):
     return all(r.startswith("ok") for r in results)
 
 
+def full_duplex(s, blocks):
+    """Sends blocks on one thread, then shuts down writing, while this one
+    reads to EOF in blocking recv; closes s. Returns an error line or None,
+    the bytes read and their sha256."""
+    send_err = []
+
+    def send():
+        try:
+            for block in blocks:
+                s.sendall(block)
+            s.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            send_err.append("send %s" % err_name(e))
+
+    w = threading.Thread(target=send)
+    w.start()
+    h = hashlib.sha256()
+    got = 0
+    line = None
+    try:
+        while True:
+            data = s.recv(CHUNK)
+            if not data:
+                break
+            h.update(data)
+            got += len(data)
+    except OSError as e:
+        line = "error recv %s after %d" % (err_name(e), got)
+    w.join()
+    s.close()
+    if line is None and send_err:
+        line = "error %s after %d" % (send_err[0], got)
+    return line, got, h
+
+
+def lonely(mode, addr, port, size):
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    if mode == "lonely-server":
+        ln = socket.socket(family, socket.SOCK_STREAM)
+        ln.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ln.bind((addr, port))
+        ln.listen(1)
+        print("listening", flush=True)
+        s, _ = ln.accept()
+        ln.close()
+    else:
+        s = socket.create_connection((addr, port), timeout=30)
+        s.settimeout(None)  # blocking from here on
+    sent = hashlib.sha256()
+
+    def blocks():
+        for block in pattern("lonely", size):
+            sent.update(block)
+            yield block
+
+    line, got, h = full_duplex(s, blocks())
+    if line is None:
+        line = "ok %d %s %d %s" % (size, sent.hexdigest(), got, h.hexdigest())
+    print(line, flush=True)
+    return line.startswith("ok")
+
+
 def duplex(host, port, conns, size):
     results = []
     lock = threading.Lock()
 
     def run(i):
-        got = 0
         try:
             s = socket.create_connection((host, port))
             # A client with a timeout (Python then polls a non-blocking
@@ -98,33 +167,7 @@ def duplex(host, port, conns, size):
             with lock:
                 results.append("error connect %s" % err_name(e))
             return
-        send_err = []
-
-        def send():
-            try:
-                for block in pattern(i, size):
-                    s.sendall(block)
-                s.shutdown(socket.SHUT_WR)
-            except OSError as e:
-                send_err.append("send %s" % err_name(e))
-
-        w = threading.Thread(target=send)
-        w.start()
-        h = hashlib.sha256()
-        line = None
-        try:
-            while True:
-                data = s.recv(CHUNK)
-                if not data:
-                    break
-                h.update(data)
-                got += len(data)
-        except OSError as e:
-            line = "error recv %s after %d" % (err_name(e), got)
-        w.join()
-        s.close()
-        if line is None and send_err:
-            line = "error %s after %d" % (send_err[0], got)
+        line, got, h = full_duplex(s, pattern(i, size))
         if line is None:
             want = hashlib.sha256()
             for block in pattern(i, size):
@@ -152,6 +195,8 @@ def main():
     if mode == "echo":
         waitall = len(sys.argv) > 5 and sys.argv[5] == "waitall"
         ok = echo(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), socket.MSG_WAITALL if waitall else 0)
+    elif mode in ("lonely-server", "lonely-client"):
+        ok = lonely(mode, sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif mode == "duplex":
         ok = duplex(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:
