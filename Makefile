@@ -24,7 +24,7 @@ check-generate: generate
 	git diff --exit-code -- accel/ bench/proto/ || { echo "generated BPF bindings are stale: run make generate and commit" >&2; exit 1; }
 	@# ls-files, not status: status reports a whole ignored directory (bin/
 	@# after make build) whatever the pattern.
-	@untracked=$$(git ls-files --others -- '*_bpfel.o' '*_bpfel.go'); \
+	@untracked=$$(git ls-files --others -- accel bench | grep -E '_bpfel\.(o|go)$$'); \
 	if [ -n "$$untracked" ]; then echo "generated BPF files not committed (a fresh clone cannot build):"; echo "$$untracked"; exit 1; fi
 
 build:
