@@ -69,7 +69,7 @@ test-kernel:
 
 # What the tests and the benchmark drive, installed with apt-get (root): the
 # tests themselves never install anything.
-TEST_PACKAGES := iproute2 python3 gcc libc6-dev nginx curl wrk redis-server redis-tools haproxy
+TEST_PACKAGES := iproute2 python3 libpython3.11-testsuite gcc libc6-dev nginx curl wrk redis-server redis-tools haproxy
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_PACKAGES)

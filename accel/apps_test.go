@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -347,4 +348,47 @@ backend be
 	addr := h.serverIP + ":8081"
 	h.server.WaitListening(t, addr)
 	return bigSum, addr
+}
+
+// cpythonSuites are CPython's own socket-level test suites: blocking and
+// non-blocking sockets, MSG_WAITALL, MSG_OOB, sendfile, timeouts, half-close,
+// servers in threads, asyncio streams, and the protocol clients built on
+// them, written by people who know what TCP must do.
+var cpythonSuites = []string{
+	"test_socket", "test_selectors", "test_socketserver",
+	"test_asyncio.test_sock_lowlevel", "test_asyncio.test_streams", "test_asyncio.test_sendfile",
+	"test_telnetlib", "test_ftplib", "test_httplib", "test_urllib2_localnet",
+	"test_xmlrpc", "test_imaplib", "test_smtplib",
+}
+
+// CPython's socket test suites, run inside the accelerated cgroup over
+// loopback, pass as they do on plain TCP, with their connections redirected.
+func TestCPythonSocketSuites(t *testing.T) {
+	const python = "/usr/bin/python3"
+	n := newNode(t, nil)
+	n.runEvents(t)
+	if out, err := exec.Command(python, "-c", "import test.test_socket").CombinedOutput(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CPython's test suite is not installed (make deps installs libpython3.11-testsuite): %s", out)
+		}
+		t.Skipf("CPython's test suite is not installed (libpython3.11-testsuite): %s", out)
+	}
+	args := append([]string{python, "-m", "test", "--ignore", "*VSOCK*", "--timeout", "300"}, cpythonSuites...)
+	out, err := testenv.Endpoint{Cgroup: &n.cg}.Exec(t, 15*time.Minute, nil, args...)
+	summary := string(out)
+	if i := strings.LastIndex(summary, "== Tests result"); i >= 0 {
+		summary = summary[i:]
+	} else if i := strings.LastIndex(summary, "Total duration"); i >= 0 {
+		summary = summary[i:]
+	}
+	s := n.stats(t)
+	t.Logf("%s\ninserted %d of %d sockets, redirected %d messages (%d bytes), passed %d; off_waitall %d, off_oob %d, off_splice %d",
+		strings.TrimSpace(summary), s.Inserted, s.Established, s.RedirectedMsgs, s.RedirectedBytes, s.PassedMsgs, s.OffWaitall, s.OffOOB, s.OffSplice)
+	// "Tests result: SUCCESS" (3.11.2) or "Result: SUCCESS" (later).
+	if err != nil || !regexp.MustCompile(`(?m)^(Tests r|R)esult: SUCCESS`).Match(out) {
+		t.Errorf("CPython's suites failed accelerated (%v):\n%s", err, out)
+	}
+	if s.RedirectedMsgs == 0 {
+		t.Error("no message was redirected: the suites ran, but not accelerated")
+	}
 }
