@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
@@ -145,6 +146,39 @@ func TestWaitallUnderLoadBlockingPeers(t *testing.T) {
 	t.Logf("off_waitall %d, redirected %d bytes, passed %d, retired %d", s.OffWaitall, s.RedirectedBytes, s.PassedBytes, n.status(t).Retired)
 	if s.OffWaitall == 0 {
 		t.Error("no connection went off the fast path for MSG_WAITALL: this test showed nothing")
+	}
+}
+
+// Blocking full-duplex clients (a reader and a writer thread on one
+// blocking socket, as Java's stream I/O after a timed connect) to a server
+// that reads slowly, on a host with a small tcp_rmem ceiling: the backlog
+// bound hands the client's direction to TCP, where the client's writer
+// blocks as over TCP, and its reader, asleep waiting for the echo, must not
+// be woken into EAGAIN by the write space its own TCP sends free up.
+//
+// A known gap, not fixed: the reader does get EAGAIN (tcp_bpf_recvmsg ends
+// a blocking wait woken with nothing queued), the client stops reading and
+// the transfer hangs, in 3 of 3 runs here. Plain TCP: all intact in 2.2 s.
+// See README "Known gaps"; runs only with SOCKACCEL_TEST_KNOWN_GAPS=1.
+func TestBlockingDuplexClientsSlowServer(t *testing.T) {
+	if os.Getenv("SOCKACCEL_TEST_KNOWN_GAPS") != "1" {
+		t.Skip("known gap (README: Known gaps); SOCKACCEL_TEST_KNOWN_GAPS=1 runs it")
+	}
+	n := newNode(t, func(c *accel.Config) { c.Conservative = true })
+	tc := newTwoContainers(t, 237)
+	for _, ns := range []*testenv.Netns{tc.client, tc.server} {
+		ns.Run(t, "sysctl", "-q", "-w", "net.ipv4.tcp_rmem=4096 131072 2097152")
+	}
+	const conns, size = 4, 32 << 20
+	py := blockPeer(t)
+	srv := n.in(tc.server).Start(t, append(py, "echo", "10.237.0.2", "7305", fmt.Sprint(conns), "slow")...)
+	srv.WaitOutput(t, "listening")
+	cl := n.in(tc.client).Start(t, append(py, "duplex", "10.237.0.2", "7305", fmt.Sprint(conns), fmt.Sprint(size), "blocking")...)
+	checkPeers(t, conns, cl, srv)
+	s := n.stats(t)
+	t.Logf("inserted %d, redirected %d bytes, passed %d; off_backlog %d, resumed %d", s.Inserted, s.RedirectedBytes, s.PassedBytes, s.OffBacklog, s.Resumed)
+	if s.Inserted != 2*conns {
+		t.Errorf("inserted %d sockets, want %d: the blocking clients were not accelerated, so this shows nothing", s.Inserted, 2*conns)
 	}
 }
 

@@ -6,16 +6,18 @@ connection, plain blocking recv/sendall, no timeouts, no O_NONBLOCK. Go's
 runtime never sleeps inside recv(2), so only a program like this one can see
 what a blocking reader sees when a connection changes path under it.
 
-  blockpeer.py echo ADDR PORT CONNS [waitall]
+  blockpeer.py echo ADDR PORT CONNS [waitall] [slow]
       Accept CONNS connections; echo each one back until EOF. Prints
       "listening", then one line per connection, "ok BYTES" or
       "error ERRNO-NAME after BYTES". With waitall, every recv asks for
-      MSG_WAITALL (a full 64 KiB unless the stream ends).
-  blockpeer.py duplex HOST PORT CONNS BYTES
+      MSG_WAITALL (a full 64 KiB unless the stream ends); with slow, it
+      pauses 2 ms after each recv.
+  blockpeer.py duplex HOST PORT CONNS BYTES [blocking]
       Open CONNS connections (with a timeout); on each, one thread sends
       BYTES of a seeded stream and shuts down writing while another reads
       the echo and checks it. Prints one line per connection, "ok BYTES" or
-      "error WHAT after BYTES".
+      "error WHAT after BYTES". With blocking, the socket is blocking after
+      its connect (reader and writer threads both sleep in the kernel).
   blockpeer.py lonely-server ADDR PORT BYTES
   blockpeer.py lonely-client HOST PORT BYTES
       One connection, accepted, or connected with a timeout (non-blocking
@@ -33,6 +35,7 @@ import hashlib
 import socket
 import sys
 import threading
+import time
 
 CHUNK = 64 << 10
 
@@ -51,7 +54,7 @@ def err_name(e):
     return errno.errorcode.get(e.errno, str(e.errno)) if isinstance(e, OSError) and e.errno else repr(e)
 
 
-def echo(addr, port, conns, flags=0):
+def echo(addr, port, conns, flags=0, pause=0.0):
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     ln = socket.socket(family, socket.SOCK_STREAM)
     ln.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -68,6 +71,8 @@ def echo(addr, port, conns, flags=0):
                 data = c.recv(CHUNK, flags)
                 if not data:
                     break
+                if pause:
+                    time.sleep(pause)
                 c.sendall(data)
                 total += len(data)
             line = "ok %d" % total
@@ -151,18 +156,24 @@ def lonely(mode, addr, port, size):
     return line.startswith("ok")
 
 
-def duplex(host, port, conns, size):
+def duplex(host, port, conns, size, blocking=False):
     results = []
     lock = threading.Lock()
 
     def run(i):
         try:
-            s = socket.create_connection((host, port))
-            # A client with a timeout (Python then polls a non-blocking
-            # socket), as the daemon's default --conservative accelerates
-            # only such clients: a blocking client that half-closes and
-            # then waits in recv can see one EAGAIN on the fast path.
-            s.settimeout(600)
+            if blocking:
+                # Connect with a timeout (a non-blocking connect, which
+                # --conservative accelerates), then use the socket
+                # blocking: what Java's Socket.connect(addr, timeout)
+                # followed by stream I/O does.
+                s = socket.create_connection((host, port), timeout=30)
+                s.settimeout(None)
+            else:
+                s = socket.create_connection((host, port))
+                # A client with a timeout (Python then polls a
+                # non-blocking socket).
+                s.settimeout(600)
         except OSError as e:
             with lock:
                 results.append("error connect %s" % err_name(e))
@@ -193,12 +204,13 @@ def duplex(host, port, conns, size):
 def main():
     mode = sys.argv[1]
     if mode == "echo":
-        waitall = len(sys.argv) > 5 and sys.argv[5] == "waitall"
-        ok = echo(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), socket.MSG_WAITALL if waitall else 0)
+        opts = sys.argv[5:]
+        ok = echo(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                  socket.MSG_WAITALL if "waitall" in opts else 0, 0.002 if "slow" in opts else 0.0)
     elif mode in ("lonely-server", "lonely-client"):
         ok = lonely(mode, sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif mode == "duplex":
-        ok = duplex(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        ok = duplex(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6:] == ["blocking"])
     else:
         sys.exit("unknown mode " + mode)
     sys.exit(0 if ok else 1)
