@@ -104,7 +104,8 @@ type Accelerator struct {
 	policyOnce sync.Once
 	policy     policyObjects
 	policyErr  error
-	retiring   sync.WaitGroup // retirements offExcluded started
+	retiring   sync.WaitGroup  // retirements offExcluded started
+	leaving    map[uint64]bool // their cookies, under exclMu
 
 	// Resolved by validate, before anything shared changes.
 	cgroupID      uint64
@@ -142,7 +143,7 @@ func New(cfg Config, log *zap.Logger) (*Accelerator, error) {
 		}
 	}
 	_, statErr := os.Lstat(filepath.Join(cfg.PinDir, sockOpsLink))
-	a := &Accelerator{cfg: cfg, log: log, adopted: statErr == nil, lock: lock}
+	a := &Accelerator{cfg: cfg, log: log, adopted: statErr == nil, lock: lock, leaving: map[uint64]bool{}}
 	if err := a.validate(); err != nil {
 		lock.Release()
 		return nil, err

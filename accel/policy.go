@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"go.uber.org/zap"
@@ -28,10 +29,11 @@ type Exclusions struct {
 
 // ApplyExclusions replaces the excluded ports, CIDRs and cgroups, then takes
 // every live connection that now matches off the fast path, both ways for
-// good, and hands it back to plain TCP once nothing redirected is unread
-// (retired), the way a connection whose ends both used a call the redirect
-// path does not honour goes: no byte is lost and no application sees an
-// error. It returns how many connections it took off.
+// good, and hands it back to plain TCP (retired; see retireExcluded for the
+// order): no byte is lost and no application sees an error. It returns how
+// many connections it started taking off; retirement goes on in the
+// background, as for a connection whose ends both used a call the
+// redirect path does not honour.
 //
 // Cgroups are resolved by path now: a cgroup deleted and recreated since
 // the last call is a new cgroup (a new id), and only this call excludes it.
@@ -168,26 +170,97 @@ func (a *Accelerator) offExcluded(ex Exclusions) (int, error) {
 	}
 	moved := 0
 	for _, c := range conns {
-		res, err := a.connOff(c)
+		// Once per connection, also when exclusions change again while
+		// it is leaving.
+		a.exclMu.Lock()
+		busy := a.leaving[c.anyCookie()]
+		a.exclMu.Unlock()
+		if busy {
+			continue
+		}
+		res, err := a.connOff(c, intoPassive)
 		if err != nil {
 			return moved, err
 		}
-		if res != policyPolicyResultPOLICY_OFF {
-			continue // closed meanwhile, or already going
+		if res == policyPolicyResultPOLICY_GONE {
+			continue // closed meanwhile
 		}
 		moved++
-		cookie := c.cookie[0]
-		if cookie == 0 {
-			cookie = c.cookie[1]
-		}
-		a.log.Debug("excluded connection taken off the fast path", zap.Uint64("cookie", cookie))
+		a.log.Debug("excluded connection leaving the fast path", zap.Uint64("cookie", c.anyCookie()))
+		a.exclMu.Lock()
+		a.leaving[c.anyCookie()] = true
+		a.exclMu.Unlock()
 		a.retiring.Add(1)
 		go func() {
 			defer a.retiring.Done()
-			a.retireConn(cookie)
+			a.retireExcluded(c)
+			a.exclMu.Lock()
+			delete(a.leaving, c.anyCookie())
+			a.exclMu.Unlock()
 		}()
 	}
 	return moved, nil
+}
+
+// Direction d is the one sent by side d (see struct ct_entry).
+const (
+	active      = int(accelCtSideCT_SIDE_ACTIVE)
+	passive     = int(accelCtSideCT_SIDE_PASSIVE)
+	intoPassive = 1 << active
+	bothWays    = 3
+)
+
+func (c excludedConn) anyCookie() uint64 {
+	if c.cookie[active] != 0 {
+		return c.cookie[active]
+	}
+	return c.cookie[passive]
+}
+
+// retireExcluded hands an excluded connection back to plain TCP, one end
+// at a time, so that the end that accept()ed never receives through the
+// redirect path while sending through TCP. That combination is what a
+// blocking reader cannot survive: every socket in the sockhash receives
+// through tcp_bpf_recvmsg, which waits once and returns EAGAIN when a
+// wake-up finds nothing queued, and the ACKs of a socket's own TCP sends
+// wake its readers whenever send-buffer space frees up. Taking both
+// directions off at once and retiring both sockets together (retireConn)
+// failed a blocking Python echo server's recv with EAGAIN in 5 of 10 runs
+// of TestExclusionReachesLiveBlockingPeers.
+//
+// The accepting end (X) keeps redirecting its sends while the connecting
+// end (Y) sends through TCP; once X holds nothing redirected unread, X
+// leaves the sockhash (its sends are plain TCP from then on), then Y does
+// once it holds nothing unread. Y is the end exposed meanwhile: in the
+// default conservative mode it was in non-blocking mode when it connected,
+// where EAGAIN is an ordinary answer. Both ends blocking (--conservative=
+// false) leaves Y as exposed as any connection that goes off both ways.
+func (a *Accelerator) retireExcluded(c excludedConn) {
+	cookie := c.anyCookie()
+	start := time.Now()
+	time.Sleep(retireGrace)
+	r, ok := a.waitDrained(cookie, passive)
+	if !ok {
+		a.log.Debug("excluded connection closed before its accepting end left the sockhash", zap.Uint64("cookie", cookie), zap.Duration("after", time.Since(start)))
+		return
+	}
+	removed := a.removeSides(r, passive)
+	a.log.Debug("excluded connection's accepting end left the sockhash", zap.Uint64("cookie", cookie), zap.Int("removed", removed), zap.Duration("after", time.Since(start)))
+	// Nothing runs sk_msg on X's sends any more; the bit keeps the entry
+	// saying what the connection is.
+	if _, err := a.connOff(c, bothWays); err != nil {
+		a.log.Warn("take an excluded connection off the fast path", zap.Error(err))
+		return
+	}
+	// Sends of X redirected just before it left land in Y first.
+	time.Sleep(retireGrace)
+	if r, ok = a.waitDrained(cookie, active); !ok {
+		a.log.Debug("excluded connection closed before its connecting end left the sockhash", zap.Uint64("cookie", cookie), zap.Duration("after", time.Since(start)))
+		return
+	}
+	removed += a.removeSides(r, active)
+	a.countRetired(removed)
+	a.log.Debug("excluded connection retired", zap.Uint64("cookie", cookie), zap.Int("removed", removed), zap.Duration("after", time.Since(start)))
 }
 
 func (a *Accelerator) excludedConns(m matcher) ([]excludedConn, error) {
@@ -213,15 +286,15 @@ func (a *Accelerator) excludedConns(m matcher) ([]excludedConn, error) {
 // after an Ethernet header.
 const policyReqOffset = 14
 
-// connOff runs policy.c's program on one connection: both direction bits
+// connOff runs policy.c's program on one connection: the direction bits
 // set atomically in its conntrack entry if it is still the connection with
 // those cookies.
-func (a *Accelerator) connOff(c excludedConn) (policyPolicyResult, error) {
+func (a *Accelerator) connOff(c excludedConn, bits uint32) (policyPolicyResult, error) {
 	prog, err := a.policyProgram()
 	if err != nil {
 		return 0, err
 	}
-	req := policyPolicyReq{Key: policySockKey(c.key), Cookie: c.cookie}
+	req := policyPolicyReq{Key: policySockKey(c.key), Bits: bits, Cookie: c.cookie}
 	packet := make([]byte, policyReqOffset+binary.Size(req))
 	if _, err := binary.Encode(packet[policyReqOffset:], binary.NativeEndian, req); err != nil {
 		return 0, fmt.Errorf("encode policy request: %w", err)

@@ -32,7 +32,7 @@ type policyCtEntry struct {
 type policyPolicyReq struct {
 	_      structs.HostLayout
 	Key    policySockKey
-	Pad    uint32
+	Bits   uint32
 	Cookie [2]uint64
 }
 

@@ -1,14 +1,16 @@
 //go:build ignore
 /* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
-/* Takes one tracked connection off the fast path in both directions for
- * good, on the daemon's request: exclusions changed (reload, or a restart
- * with new flags) and the connection now matches one.
+/* Takes directions of one tracked connection off the fast path for good,
+ * on the daemon's request: exclusions changed (reload, or a restart with
+ * new flags) and the connection now matches one.
  *
- * It does what consume_use_marks does for a call seen on both ends (USE_OOB):
- * one atomic OR of both direction bits into the conntrack entry, which each
- * sender reads on its next sendmsg and from then on passes its bytes to TCP
- * (recvmsg reads the redirect queue before the TCP queue, so nothing is
- * reordered). Why not insert a use mark from user space: marks are keyed by
+ * It does what consume_use_marks does for a call seen on one end: one
+ * atomic OR of direction bits into the conntrack entry, which the sender
+ * of each direction reads on its next sendmsg and from then on passes its
+ * bytes to TCP (recvmsg reads the redirect queue before the TCP queue, so
+ * nothing is reordered). The daemon takes the direction into the accepting
+ * end first and the other once that end has left the sockhash (see
+ * retireExcluded). Why not insert a use mark from user space: marks are keyed by
  * the kernel address of a socket the daemon holds no reference to (it may
  * close and its address be reused by then), and the use gate's counters are
  * updated by the programs with atomic adds that a user-space map write
@@ -37,14 +39,14 @@ struct {
 
 struct policy_req {
 	struct sock_key key; /* the conntrack key (the client end's key) */
-	__u32 _pad;
+	__u32 bits;          /* directions to take off: 1 << sending side */
 	__u64 cookie[2];     /* the entry's cookies as the daemon read them */
 };
 
 enum policy_result {
 	POLICY_GONE = 0,    /* no such entry, or another connection's now */
-	POLICY_OFF = 1,     /* taken off both ways now: the caller retires it */
-	POLICY_ALREADY = 2, /* already off both ways (retired or retiring) */
+	POLICY_OFF = 1,     /* a direction of those went off now */
+	POLICY_ALREADY = 2, /* those directions were off already */
 	POLICY_BAD = 3,     /* the request could not be read */
 };
 
@@ -58,7 +60,7 @@ int conn_off(struct __sk_buff *skb)
 	__u32 was;
 	int i;
 
-	if (bpf_skb_load_bytes(skb, POLICY_REQ_OFFSET, &req, sizeof(req)))
+	if (bpf_skb_load_bytes(skb, POLICY_REQ_OFFSET, &req, sizeof(req)) || !req.bits || req.bits > 3)
 		return POLICY_BAD;
 	e = bpf_map_lookup_elem(&sa_conntrack, &req.key);
 	if (!e)
@@ -68,8 +70,8 @@ int conn_off(struct __sk_buff *skb)
 	for (i = 0; i < 2; i++)
 		if (req.cookie[i] && e->cookie[i] != req.cookie[i])
 			return POLICY_GONE;
-	was = __sync_fetch_and_or(&e->off, 3);
-	return was == 3 ? POLICY_ALREADY : POLICY_OFF;
+	was = __sync_fetch_and_or(&e->off, req.bits);
+	return (was & req.bits) == req.bits ? POLICY_ALREADY : POLICY_OFF;
 }
 
 /* For bpf2go's -type. */
