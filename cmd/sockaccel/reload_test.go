@@ -10,10 +10,12 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sockaccel/sockaccel/accel/testenv"
+	"github.com/sockaccel/sockaccel/cgroup"
 )
 
 // roundTrip sends size random bytes each way over p and checks they arrive
@@ -35,6 +37,52 @@ func roundTrip(t *testing.T, p testenv.Pair, size int) {
 		if err := <-errc; err != nil {
 			t.Fatalf("write: %v", err)
 		}
+	}
+}
+
+// liveHost is a fresh cgroup, pin dir and network namespace for a daemon
+// and its live connections.
+type liveHost struct {
+	cg  cgroup.Target
+	pin string
+	in  testenv.Endpoint
+}
+
+func newLiveHost(t *testing.T) liveHost {
+	testenv.RequirePrivileged(t)
+	cg := testenv.TempCgroup(t)
+	return liveHost{cg: cg, pin: testenv.TempPinDir(t), in: testenv.Endpoint{Netns: testenv.NewNetns(t), Cgroup: &cg}}
+}
+
+// liveConn opens a connection to port once the daemon runs, moves 1 MiB
+// each way and checks it went over the fast path.
+func (h liveHost) liveConn(t *testing.T, port int) testenv.Pair {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ln := h.in.Listen(t, "tcp4", addr)
+	p := testenv.Connect(t, h.in, ln, "tcp4", addr, 1)[0]
+	t.Cleanup(func() { p.Client.Close(); p.Server.Close() })
+	before := status(t, h.pin)["redirected_bytes"].(float64)
+	roundTrip(t, p, 1<<20)
+	if got := status(t, h.pin)["redirected_bytes"].(float64) - before; got < 2<<20 {
+		t.Fatalf("the live connection is not on the fast path: redirected %v bytes", got)
+	}
+	return p
+}
+
+// checkRetired waits until the live connection left the sockhash (retired
+// +1 since before) and checks that its bytes still cross intact, without
+// sk_msg.
+func (h liveHost) checkRetired(t *testing.T, live testenv.Pair, before map[string]any) {
+	t.Helper()
+	waitStatus(t, h.pin, "the live connection to be retired", func(s map[string]any) bool {
+		return s["retired"].(float64) == before["retired"].(float64)+1 && s["sockhash_entries"].(float64) == before["sockhash_entries"].(float64)-2
+	})
+	s := status(t, h.pin)
+	roundTrip(t, live, 1<<20)
+	if after := status(t, h.pin); after["redirected_bytes"] != s["redirected_bytes"] || after["passed_bytes"] != s["passed_bytes"] {
+		t.Errorf("the retired connection still ran through sk_msg: redirected %v -> %v, passed %v -> %v",
+			s["redirected_bytes"], after["redirected_bytes"], s["passed_bytes"], after["passed_bytes"])
 	}
 }
 
@@ -71,23 +119,11 @@ func lastLine(log, want string) string {
 // the fast path with every byte intact and retires it, and the log level
 // changes without a restart.
 func TestReloadThroughSIGHUP(t *testing.T) {
-	testenv.RequirePrivileged(t)
-	cg := testenv.TempCgroup(t)
-	pin := testenv.TempPinDir(t)
-	ns := testenv.NewNetns(t)
-	in := testenv.Endpoint{Netns: ns, Cgroup: &cg}
+	h := newLiveHost(t)
+	pin, in := h.pin, h.in
 	cfg := writeConfig(t, "exclude-ports: [9101]\n")
-	d := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin, "--config", cfg, wideBound)
-
-	ln := in.Listen(t, "tcp4", "127.0.0.1:9102")
-	live := testenv.Connect(t, in, ln, "tcp4", "127.0.0.1:9102", 1)[0]
-	defer live.Client.Close()
-	defer live.Server.Close()
-	roundTrip(t, live, 1<<20)
-	st := status(t, pin)
-	if st["redirected_bytes"].(float64) < 2<<20 {
-		t.Fatalf("the live connection is not on the fast path: redirected %v bytes", st["redirected_bytes"])
-	}
+	d := startDaemon(t, "--cgroup", h.cg.Path, "--pin-dir", pin, "--config", cfg, wideBound)
+	live := h.liveConn(t, 9102)
 	reload := func() {
 		t.Helper()
 		if r := sockaccel(t, "reload", "--pin-dir", pin); r.code != 0 || strings.Count(r.stdout, "\n") != 1 {
@@ -128,6 +164,7 @@ func TestReloadThroughSIGHUP(t *testing.T) {
 	}
 
 	// A good file: 9102 is excluded from now on, live connections too.
+	before = status(t, pin)
 	if err := os.WriteFile(cfg, []byte("exclude-ports: [9101, 9102]\nlog-level: debug\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -137,15 +174,7 @@ func TestReloadThroughSIGHUP(t *testing.T) {
 	if line := lastLine(log, `"msg":"config reloaded"`); !strings.Contains(line, `"connections_taken_off":1`) || !strings.Contains(line, `"log_level":"debug"`) {
 		t.Errorf("reload line: %s", line)
 	}
-	waitStatus(t, pin, "the live connection to be retired", func(s map[string]any) bool {
-		return s["retired"].(float64) == before["retired"].(float64)+1 && s["sockhash_entries"].(float64) == before["sockhash_entries"].(float64)-2
-	})
-	before = status(t, pin)
-	roundTrip(t, live, 1<<20)
-	if after := status(t, pin); after["redirected_bytes"] != before["redirected_bytes"] || after["passed_bytes"] != before["passed_bytes"] {
-		t.Errorf("the retired connection still ran through sk_msg: redirected %v -> %v, passed %v -> %v",
-			before["redirected_bytes"], after["redirected_bytes"], before["passed_bytes"], after["passed_bytes"])
-	}
+	h.checkRetired(t, live, before)
 	// Without a daemon on that pin dir, reload says so.
 	if r := sockaccel(t, "reload", "--pin-dir", pin+"-none"); r.code == 0 || !strings.Contains(r.stderr, "no sockaccel runs") {
 		t.Errorf("reload without a daemon: exit %d, %q", r.code, r.stderr)
@@ -166,4 +195,31 @@ func waitStatus(t *testing.T, pin, what string, ok func(map[string]any) bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// A restart with a new --exclude-ports, adopting the pins, takes the live
+// connection on that port off the fast path and retires it, every byte
+// intact.
+func TestRestartWithNewExcludePorts(t *testing.T) {
+	h := newLiveHost(t)
+	d := startDaemon(t, "--cgroup", h.cg.Path, "--pin-dir", h.pin, wideBound)
+	live := h.liveConn(t, 9103)
+	before := status(t, h.pin)
+	if err := d.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Wait(); err != nil {
+		t.Fatalf("daemon exit on SIGTERM: %v", err)
+	}
+	// Still on the fast path while no daemon runs.
+	roundTrip(t, live, 1<<20)
+	before["sockhash_entries"] = status(t, h.pin)["sockhash_entries"]
+
+	d = startDaemon(t, "--cgroup", h.cg.Path, "--pin-dir", h.pin, wideBound, "--exclude-ports", "9103")
+	line := lastLine(d.waitLog(t, `"msg":"took excluded live connections off the fast path"`, 1), "took excluded live connections")
+	t.Logf("restart: %s", line)
+	if !strings.Contains(line, `"connections":1`) {
+		t.Errorf("restart line: %s", line)
+	}
+	h.checkRetired(t, live, before)
 }
