@@ -105,7 +105,7 @@ type Accelerator struct {
 	policy     policyObjects
 	policyErr  error
 	retiring   sync.WaitGroup  // retirements offExcluded started
-	leaving    map[uint64]bool // their cookies, under exclMu
+	leaving    map[uint64]bool // cookies of connections being retired, under exclMu
 
 	// Resolved by validate, before anything shared changes.
 	cgroupID      uint64

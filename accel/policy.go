@@ -111,6 +111,19 @@ func subtreeIDs(targets []cgroup.Target) (map[uint64]bool, error) {
 type excludedConn struct {
 	key    accelSockKey
 	cookie [2]uint64
+	off    uint32 // its direction bits when found
+}
+
+// inSockhash reports whether a socket of the entry is still in the
+// sockhash (checked by cookie).
+func (a *Accelerator) inSockhash(key accelSockKey, e accelCtEntry) bool {
+	for side, k := range [2]accelSockKey{key, mirror(key)} {
+		var got uint64
+		if e.Cookie[side] != 0 && a.objs.SaSockhash.Lookup(&k, &got) == nil && got == e.Cookie[side] {
+			return true
+		}
+	}
+	return false
 }
 
 // matcher tells whether a conntrack entry matches the exclusions.
@@ -171,35 +184,50 @@ func (a *Accelerator) offExcluded(ex Exclusions) (int, error) {
 	moved := 0
 	for _, c := range conns {
 		// Once per connection, also when exclusions change again while
-		// it is leaving.
-		a.exclMu.Lock()
-		busy := a.leaving[c.anyCookie()]
-		a.exclMu.Unlock()
-		if busy {
+		// it is leaving, or the programs announced it off both ways.
+		cookie := c.anyCookie()
+		if !a.claimRetire(cookie) {
 			continue
 		}
 		res, err := a.connOff(c, intoPassive)
 		if err != nil {
+			a.releaseRetire(cookie)
 			return moved, err
 		}
 		if res == policyPolicyResultPOLICY_GONE {
+			a.releaseRetire(cookie)
 			continue // closed meanwhile
 		}
-		moved++
-		a.log.Debug("excluded connection leaving the fast path", zap.Uint64("cookie", c.anyCookie()))
-		a.exclMu.Lock()
-		a.leaving[c.anyCookie()] = true
-		a.exclMu.Unlock()
+		if c.off != bothWays {
+			moved++
+		}
+		a.log.Debug("excluded connection leaving the fast path", zap.Uint64("cookie", cookie), zap.Uint32("off_before", c.off))
 		a.retiring.Add(1)
 		go func() {
 			defer a.retiring.Done()
+			defer a.releaseRetire(cookie)
 			a.retireExcluded(c)
-			a.exclMu.Lock()
-			delete(a.leaving, c.anyCookie())
-			a.exclMu.Unlock()
 		}()
 	}
 	return moved, nil
+}
+
+// claimRetire marks the connection whose active (else passive) end has
+// cookie as being retired; false if it already is.
+func (a *Accelerator) claimRetire(cookie uint64) bool {
+	a.exclMu.Lock()
+	defer a.exclMu.Unlock()
+	if a.leaving[cookie] {
+		return false
+	}
+	a.leaving[cookie] = true
+	return true
+}
+
+func (a *Accelerator) releaseRetire(cookie uint64) {
+	a.exclMu.Lock()
+	delete(a.leaving, cookie)
+	a.exclMu.Unlock()
 }
 
 // Direction d is the one sent by side d (see struct ct_entry).
@@ -271,10 +299,16 @@ func (a *Accelerator) excludedConns(m matcher) ([]excludedConn, error) {
 	)
 	it := a.objs.SaConntrack.Iterate()
 	for it.Next(&key, &entry) {
-		if entry.Off == 3 || !m.match(key, entry) {
+		if !m.match(key, entry) {
 			continue
 		}
-		out = append(out, excludedConn{key: key, cookie: entry.Cookie})
+		// Off both ways already: retired, or retiring; or its retirement
+		// was cut short (a restart) or gave up (unread bytes), and its
+		// sockets are still in the sockhash.
+		if entry.Off == bothWays && !a.inSockhash(key, entry) {
+			continue
+		}
+		out = append(out, excludedConn{key: key, cookie: entry.Cookie, off: entry.Off})
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("walk conntrack: %w", err)

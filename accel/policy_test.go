@@ -3,13 +3,16 @@
 package accel_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"hash"
+	"io"
 	"net"
 	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sockaccel/sockaccel/accel"
 	"github.com/sockaccel/sockaccel/accel/testenv"
@@ -294,5 +297,49 @@ func TestRecreatedExcludedCgroupAfterReload(t *testing.T) {
 	stop()
 	if s := exchange(7507, 5); s.ExcludedCgroup != 1 || s.RedirectedBytes != 0 {
 		t.Errorf("recreated cgroup after the reload: excluded_cgroup +%d, redirected %d bytes; want +1 and none", s.ExcludedCgroup, s.RedirectedBytes)
+	}
+}
+
+// Bytes redirected to an end that has not read them yet hold its
+// retirement back (leaving the sockhash would free them); a restart in
+// between picks the connection up again, and once the application reads,
+// the connection is retired with every byte intact.
+func TestExcludedConnectionWithUnreadBytesAcrossRestart(t *testing.T) {
+	n := newNode(t, wideBound)
+	ns := testenv.NewNetns(t)
+	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7508")
+	p := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7508", 1)[0]
+	defer p.Client.Close()
+	defer p.Server.Close()
+	sent := bytes.Repeat([]byte("unread"), 100000)
+	if _, err := p.Client.Write(sent); err != nil {
+		t.Fatal(err)
+	}
+	if s := n.stats(t); s.RedirectedBytes < uint64(len(sent)) {
+		t.Fatalf("redirected %d bytes, want the %d just sent", s.RedirectedBytes, len(sent))
+	}
+	before := n.status(t)
+	if moved, err := n.acc.ApplyExclusions(accel.Exclusions{Ports: []uint16{7508}}); err != nil || moved != 1 {
+		t.Fatalf("apply: moved %d (%v), want 1", moved, err)
+	}
+	n.acc.Close()
+	n.acc = testenv.Start(t, accel.Config{Cgroup: n.cg, PinDir: n.pin, MaxConns: 1024, BacklogBytes: 64 << 20, ExcludePorts: []uint16{7508}})
+	if st := n.status(t); st.Retired != before.Retired || st.SockhashEntries != before.SockhashEntries {
+		t.Fatalf("retired +%d, sockhash entries %d (before %d) with %d bytes unread: leaving the sockhash now would free them",
+			st.Retired-before.Retired, st.SockhashEntries, before.SockhashEntries, len(sent))
+	}
+	got := make([]byte, len(sent))
+	p.Server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(p.Server, got); err != nil || !bytes.Equal(got, sent) {
+		t.Fatalf("read what was redirected before the exclusion: %v (intact: %v)", err, bytes.Equal(got, sent))
+	}
+	waitRetired(t, n.acc, before, 1)
+	// Plain TCP both ways from here on.
+	for _, dir := range [][2]*net.TCPConn{{p.Client, p.Server}, {p.Server, p.Client}} {
+		go dir[0].Write(sent)
+		dir[1].SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(dir[1], got); err != nil || !bytes.Equal(got, sent) {
+			t.Fatalf("after retirement: %v (intact: %v)", err, bytes.Equal(got, sent))
+		}
 	}
 }
