@@ -343,3 +343,18 @@ func TestExcludedConnectionWithUnreadBytesAcrossRestart(t *testing.T) {
 		}
 	}
 }
+
+// A reload's new GC interval reaches the running GC loop: started with an
+// hour between passes, it runs passes at the new pace without a restart.
+func TestGCIntervalChangesLive(t *testing.T) {
+	n := newNode(t, nil)
+	n.runGC(t, time.Hour)
+	ns := testenv.NewNetns(t)
+	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7509")
+	testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7509", 1) // wakes the GC
+	n.acc.SetGCInterval(10 * time.Millisecond)
+	waitFor(t, "the GC to run at the new interval", func() (bool, string) {
+		s := n.status(t)
+		return s.GCRuns >= 3, fmt.Sprintf("gc_runs %d", s.GCRuns)
+	})
+}

@@ -77,14 +77,15 @@ func (r *reloader) reload() {
 		r.log.Warn("config reload rejected; the running config stays", zap.String("config", r.path), zap.Error(err))
 		return
 	}
+	// The level first, so that what the rest logs follows it.
+	r.level.SetLevel(s.level)
+	r.acc.SetGCInterval(s.gcInterval)
 	start := time.Now()
 	moved, err := r.acc.ApplyExclusions(accel.Exclusions{Ports: s.ports, CIDRs: s.cidrs, Cgroups: s.excludedCgroups})
 	if err != nil {
 		r.log.Warn("apply reloaded exclusions", zap.Error(err))
 		return
 	}
-	r.level.SetLevel(s.level)
-	r.acc.SetGCInterval(s.gcInterval)
 	var restart []string
 	fs.VisitAll(func(f *flag.Flag) {
 		v := f.Value.String()

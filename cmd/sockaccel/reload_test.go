@@ -168,8 +168,12 @@ func TestReloadThroughSIGHUP(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("exclude-ports: [9101, 9102]\nlog-level: debug\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if strings.Contains(d.log.String(), `"level":"debug"`) {
+		t.Errorf("debug lines at log level info")
+	}
 	reload()
 	log = d.waitLog(t, `"msg":"config reloaded"`, 1)
+	d.waitLog(t, `"level":"debug","ts":`, 1) // the new level, without a restart
 	t.Logf("reloaded: %s", lastLine(log, `"msg":"config reloaded"`))
 	if line := lastLine(log, `"msg":"config reloaded"`); !strings.Contains(line, `"connections_taken_off":1`) || !strings.Contains(line, `"log_level":"debug"`) {
 		t.Errorf("reload line: %s", line)
