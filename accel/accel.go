@@ -102,6 +102,13 @@ type Accelerator struct {
 	seen      seenUses
 	unpinned  []unpinnedLink // attached by this start, pinned at its end
 
+	// policy.c, loaded on first use (see connOff).
+	policyOnce sync.Once
+	policy     policyObjects
+	policyErr  error
+	retiring   sync.WaitGroup  // retirements offExcluded started
+	leaving    map[uint64]bool // cookies of connections being retired, under exclMu
+
 	// Resolved by validate, before anything shared changes.
 	cgroupID      uint64
 	exclCgroupIDs []uint64
@@ -138,7 +145,7 @@ func New(cfg Config, log *zap.Logger) (*Accelerator, error) {
 		}
 	}
 	_, statErr := os.Lstat(filepath.Join(cfg.PinDir, sockOpsLink))
-	a := &Accelerator{cfg: cfg, log: log, adopted: statErr == nil, lock: lock}
+	a := &Accelerator{cfg: cfg, log: log, adopted: statErr == nil, lock: lock, leaving: map[uint64]bool{}}
 	if err := a.validate(); err != nil {
 		lock.Release()
 		return nil, err
@@ -163,6 +170,17 @@ func New(cfg Config, log *zap.Logger) (*Accelerator, error) {
 		}
 		lock.Release()
 		return nil, err
+	}
+	// A restart with new exclusions reaches the connections the pins kept
+	// accelerating; a fresh start has none.
+	if a.adopted {
+		ex := Exclusions{Ports: cfg.ExcludePorts, CIDRs: cfg.ExcludeCIDRs, Cgroups: cfg.ExcludeCgroups}
+		moved, err := a.offExcluded(ex)
+		if err != nil {
+			log.Warn("take excluded live connections off the fast path", zap.Error(err))
+		} else if moved > 0 {
+			log.Info("took excluded live connections off the fast path", zap.Int("connections", moved))
+		}
 	}
 	return a, nil
 }
@@ -200,13 +218,8 @@ func (a *Accelerator) validate() error {
 				got, a.cfg.PinDir, a.cfg.PinDir)
 		}
 	}
-	a.exclCgroupIDs = make([]uint64, 0, len(a.cfg.ExcludeCgroups))
-	for _, t := range a.cfg.ExcludeCgroups {
-		id, err := cgroup.Inode(t.Path)
-		if err != nil {
-			return fmt.Errorf("exclude cgroup %s: %w", t.Path, err)
-		}
-		a.exclCgroupIDs = append(a.exclCgroupIDs, id)
+	if a.exclCgroupIDs, err = cgroupIDs(a.cfg.ExcludeCgroups); err != nil {
+		return err
 	}
 	if a.rmemMax, err = tcpRmemMax(); err != nil {
 		return err
@@ -485,6 +498,10 @@ func (a *Accelerator) RunGC(ctx context.Context, interval time.Duration) error {
 	return a.gc().run(ctx, interval)
 }
 
+// SetGCInterval changes how often the fallback GC runs while connections
+// are tracked, also while RunGC runs (from its next pass on).
+func (a *Accelerator) SetGCInterval(d time.Duration) { a.gc().setInterval(d) }
+
 // CollectGarbage runs one GC pass now and returns how many entries it
 // removed.
 func (a *Accelerator) CollectGarbage() (int, error) {
@@ -503,6 +520,7 @@ func (a *Accelerator) gc() *gc {
 			state:     a.objs.SaGc,
 			wake:      a.objs.SaGcWake,
 			log:       a.log.Named("gc"),
+			reset:     make(chan struct{}, 1),
 		}
 	})
 	return a.gcState
@@ -549,13 +567,9 @@ func (a *Accelerator) writeExclusions(ports []uint16, cidrs []netip.Prefix) (uin
 // SetExcludedCgroups replaces the excluded cgroup subtrees. New connections
 // see the change at once.
 func (a *Accelerator) SetExcludedCgroups(targets []cgroup.Target) error {
-	ids := make([]uint64, 0, len(targets))
-	for _, t := range targets {
-		id, err := cgroup.Inode(t.Path)
-		if err != nil {
-			return fmt.Errorf("exclude cgroup %s: %w", t.Path, err)
-		}
-		ids = append(ids, id)
+	ids, err := cgroupIDs(targets)
+	if err != nil {
+		return err
 	}
 	if err := a.writeExcludedCgroups(targets, ids); err != nil {
 		return err
@@ -628,7 +642,7 @@ func (a *Accelerator) closeHandles() error {
 		errs = append(errs, l.Close())
 	}
 	a.links = nil
-	errs = append(errs, a.objs.Close())
+	errs = append(errs, a.policy.Close(), a.objs.Close())
 	return errors.Join(errs...)
 }
 

@@ -10,6 +10,7 @@ import (
 	"math/bits"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -134,6 +135,19 @@ type gc struct {
 	conntrack, sockhash, state, wake *ebpf.Map
 	log                              *zap.Logger
 	mu                               sync.Mutex // serialises writes to the gc_state entry
+	// The pass interval, changeable while the GC runs (reload); reset
+	// tells a running loop to pick up a new one at once.
+	interval atomic.Int64
+	reset    chan struct{}
+}
+
+// setInterval changes the pass interval of a running or future GC loop.
+func (g *gc) setInterval(d time.Duration) {
+	g.interval.Store(int64(d))
+	select {
+	case g.reset <- struct{}{}:
+	default:
+	}
 }
 
 // alive reports whether any local end of the entry still exists. The
@@ -259,12 +273,21 @@ func (g *gc) run(ctx context.Context, interval time.Duration) error {
 
 // active runs passes until the map is empty or ctx is done.
 func (g *gc) active(ctx context.Context, interval time.Duration) error {
+	if d := time.Duration(g.interval.Load()); d > 0 {
+		interval = d
+	}
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-g.reset:
+			if d := time.Duration(g.interval.Load()); d > 0 && d != interval {
+				interval = d
+				ticker.Reset(interval)
+			}
+			continue
 		case <-ticker.C:
 		}
 		start := time.Now()

@@ -64,7 +64,13 @@ func (a *Accelerator) RunEvents(ctx context.Context) error {
 
 func (a *Accelerator) handleUse(ev UseEvent) {
 	if ev.Reason == "retire" {
-		go a.retireConn(ev.Cookie)
+		// Once per connection: an exclusion change may be retiring it.
+		if a.claimRetire(ev.Cookie) {
+			go func() {
+				defer a.releaseRetire(ev.Cookie)
+				a.retireConn(ev.Cookie)
+			}()
+		}
 		return
 	}
 	what := useMessages[ev.Reason]

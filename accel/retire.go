@@ -29,51 +29,81 @@ const (
 // any more, so the check cannot be outrun.
 func (a *Accelerator) retireConn(cookie uint64) {
 	time.Sleep(retireGrace)
+	entry, ok := a.waitDrained(cookie, 0, 1)
+	if !ok {
+		return
+	}
+	a.countRetired(a.removeSides(entry, 0, 1))
+}
+
+// waitDrained waits until the given sides of the connection with cookie
+// hold no unread redirected bytes, and returns its entry then. false: the
+// connection closed meanwhile, or its application did not read them
+// within retireGiveUp (it stays as it is until it closes).
+func (a *Accelerator) waitDrained(cookie uint64, sides ...int) (retiring, bool) {
 	for deadline := time.Now().Add(retireGiveUp); ; time.Sleep(retirePoll) {
 		key, entry, err := a.entryByCookie(cookie)
 		if err != nil {
-			return // closed meanwhile
+			return retiring{}, false // closed meanwhile
 		}
-		keys := map[int]accelSockKey{0: key, 1: mirror(key)}
+		r := retiring{keys: [2]accelSockKey{key, mirror(key)}, cookies: entry.Cookie}
 		unread := uint32(0)
-		for side, k := range keys {
+		for _, side := range sides {
 			if entry.Cookie[side] == 0 {
-				delete(keys, side)
 				continue
 			}
-			q, err := a.queuedAt(k)
+			q, err := a.queuedAt(r.keys[side])
 			if err != nil {
 				a.log.Warn("read redirected bytes of a connection off the fast path", zap.Error(err))
-				return
+				return retiring{}, false
 			}
 			unread += q
 		}
-		if unread != 0 {
-			if time.Now().After(deadline) {
-				a.log.Info("connection off the fast path still has redirected bytes unread; its sockets stay in the sockhash",
-					zap.Uint64("cookie", cookie), zap.Uint32("queued_bytes", unread))
-				return
-			}
+		if unread == 0 {
+			return r, true
+		}
+		if time.Now().After(deadline) {
+			a.log.Info("connection off the fast path still has redirected bytes unread; its sockets stay in the sockhash",
+				zap.Uint64("cookie", cookie), zap.Uint32("queued_bytes", unread))
+			return retiring{}, false
+		}
+	}
+}
+
+// retiring is what retirement knows of a connection: each side's sockhash
+// key and socket cookie.
+type retiring struct {
+	keys    [2]accelSockKey
+	cookies [2]uint64
+}
+
+// removeSides deletes the given sides' sockets from the sockhash and
+// returns how many it removed. Only the sockets of this connection: a key
+// reused since would carry another cookie.
+func (a *Accelerator) removeSides(r retiring, sides ...int) int {
+	removed := 0
+	for _, side := range sides {
+		var got uint64
+		k := r.keys[side]
+		if r.cookies[side] == 0 {
 			continue
 		}
-		removed := 0
-		for side, k := range keys {
-			var got uint64
-			// Only the sockets of this connection: a key reused since
-			// would carry another cookie.
-			if err := a.objs.SaSockhash.Lookup(&k, &got); err != nil || got != entry.Cookie[side] {
-				continue
-			}
-			if err := a.objs.SaSockhash.Delete(&k); err == nil {
-				removed++
-			}
+		if err := a.objs.SaSockhash.Lookup(&k, &got); err != nil || got != r.cookies[side] {
+			continue
 		}
-		if removed > 0 {
-			if err := a.gc().update(func(s *accelGcState) { s.Retired++ }); err != nil {
-				a.log.Warn("count a retired connection", zap.Error(err))
-			}
+		if err := a.objs.SaSockhash.Delete(&k); err == nil {
+			removed++
 		}
+	}
+	return removed
+}
+
+func (a *Accelerator) countRetired(removed int) {
+	if removed == 0 {
 		return
+	}
+	if err := a.gc().update(func(s *accelGcState) { s.Retired++ }); err != nil {
+		a.log.Warn("count a retired connection", zap.Error(err))
 	}
 }
 

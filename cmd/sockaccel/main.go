@@ -28,6 +28,7 @@ commands:
   status    show what is attached and the counters (--json for scripts)
   conns     list tracked connections (--json for scripts)
   cleanup   detach and unpin everything sockaccel owns
+  reload    make the running daemon re-read its config (SIGHUP)
   version   print the version
 Run 'sockaccel <command> -h' for the flags of a command.`
 
@@ -46,12 +47,14 @@ func run(args []string) int {
 		err = runCleanup(args[1:])
 	case "conns":
 		err = runConns(args[1:])
+	case "reload":
+		err = runReload(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println("sockaccel", version)
 	case "help", "-h", "--help":
 		fmt.Println(usage)
 	default:
-		err = usageError{fmt.Errorf("unknown command %q (want run, status, conns, cleanup or version)", args[0])}
+		err = usageError{fmt.Errorf("unknown command %q (want run, status, conns, cleanup, reload or version)", args[0])}
 	}
 	switch {
 	case err == nil:

@@ -11,18 +11,17 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sockaccel/sockaccel/accel"
-	"github.com/sockaccel/sockaccel/cgroup"
 )
 
 func runDaemon(args []string) error {
 	fs := newFlagSet("run")
-	cgroupPath := fs.String("cgroup", "", "cgroup v2 to accelerate: absolute path or relative to the v2 root (default: the v2 root)")
+	fs.String("cgroup", "", "cgroup v2 to accelerate: absolute path or relative to the v2 root (default: the v2 root)")
 	pinDir := fs.String("pin-dir", accel.DefaultPinDir, "bpffs directory for pinned maps, programs and links")
 	maxConns := fs.Uint("max-conns", accel.DefaultMaxConns, "connections the sockhash holds (two sockets each); beyond it connections are not accelerated")
-	excludePorts := fs.String("exclude-ports", "", "comma-separated ports never accelerated (either end)")
-	excludeCIDRs := fs.String("exclude-cidrs", "", "comma-separated networks never accelerated (either end)")
+	fs.String("exclude-ports", "", "comma-separated ports never accelerated (either end)")
+	fs.String("exclude-cidrs", "", "comma-separated networks never accelerated (either end)")
 	excludeCgroups := fs.String("exclude-cgroups", "", "comma-separated cgroup v2 paths whose subtrees are never accelerated (either end)")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "", "console, json or journal (default: journal under systemd, else console)")
 	conntrack := fs.Bool("conntrack", true, "track connections (conns, close callback, fallback GC); false turns the whole feature off")
 	gcInterval := fs.Duration("gc-interval", accel.DefaultGCInterval, "how often the fallback GC runs while connections are tracked")
@@ -33,46 +32,36 @@ func runDaemon(args []string) error {
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "listen address for /metrics, /status, /conns and /healthz; empty disables")
 	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating new connections and remove the pins once the accelerated ones have closed")
 	cleanupTimeout := fs.Duration("cleanup-timeout", accel.DefaultDrainTimeout, "with --cleanup-on-exit: how long to wait for accelerated connections to close (then everything stays in place)")
+	configPath := fs.String("config", "", "YAML file whose keys are these flags' names (flags given here override it; SIGHUP re-reads it); default: none")
+	checkConfig := fs.Bool("check-config", false, "validate the flags and the --config file, say so in one line and exit")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := applyConfigFile(fs, *configPath); err != nil {
 		return err
 	}
 
 	// Validate everything before touching the kernel, so bad input leaves
 	// nothing behind.
-	log, err := newLogger(*logFormat, *logLevel)
+	settings, err := checkRunFlags(fs)
+	if err != nil {
+		return err
+	}
+	if *checkConfig {
+		fmt.Println("config ok")
+		return nil
+	}
+	log, logLevelVar, err := newLiveLogger(*logFormat, settings.level)
 	if err != nil {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck // stderr sync fails on pipes
-	ports, err := parsePorts(*excludePorts)
-	if err != nil {
-		return err
-	}
-	cidrs, err := parseCIDRs(*excludeCIDRs)
-	if err != nil {
-		return err
-	}
-	if *maxConns == 0 || *maxConns > 1<<24 {
-		return fmt.Errorf("invalid --max-conns %d (want 1-16777216)", *maxConns)
-	}
-	if *backlogBytes > 1<<31 {
-		return fmt.Errorf("invalid --backlog-bytes %d (want 0-2147483648)", *backlogBytes)
-	}
-	if *gcInterval <= 0 {
-		return fmt.Errorf("invalid --gc-interval %s (want a positive duration)", *gcInterval)
-	}
-	target, err := cgroup.Resolve(*cgroupPath)
-	if err != nil {
-		return err
-	}
-	excludedCgroups, err := parseCgroups(*excludeCgroups)
-	if err != nil {
-		return err
-	}
+	ports, cidrs, target, excludedCgroups := settings.ports, settings.cidrs, settings.target, settings.excludedCgroups
 	// Catch signals before attaching, so a stop request during start-up
 	// still runs the orderly shutdown below.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	hup := notifyReload()
 
 	// One daemon per pin dir: the lock comes first, so that a second run
 	// says so (rather than that the metrics address is taken) and changes
@@ -153,6 +142,7 @@ func runDaemon(args []string) error {
 	}()
 	gcDone := make(chan error, 1)
 	go func() { gcDone <- a.RunGC(ctx, *gcInterval) }()
+	go newReloader(fs, args, *configPath, a, logLevelVar, log).run(ctx, hup)
 	select {
 	case <-ctx.Done():
 		<-gcDone
