@@ -295,13 +295,13 @@ func (a *Accelerator) start() error {
 	if err := a.attachSkMsg(); err != nil {
 		return err
 	}
-	if err := a.attachCgroup(setsockoptLink, ebpf.AttachCGroupSetsockopt, a.objs.SockaccelSetsockopt); err != nil {
+	if err := a.attachCgroup(setsockoptLink, ebpf.AttachCGroupSetsockopt, a.objs.SaSetsockopt); err != nil {
 		return err
 	}
 	if err := a.attachDetect(); err != nil {
 		return err
 	}
-	if err := a.attachCgroup(sockOpsLink, ebpf.AttachCGroupSockOps, a.objs.SockaccelSockops); err != nil {
+	if err := a.attachCgroup(sockOpsLink, ebpf.AttachCGroupSockOps, a.objs.SaSockops); err != nil {
 		return err
 	}
 	return a.pinLinks()
@@ -354,15 +354,15 @@ var detectTracepointNames = []string{
 // to its program.
 func (a *Accelerator) detectTracepoints() map[string]*ebpf.Program {
 	return map[string]*ebpf.Program{
-		"sys_enter_splice":     a.objs.SockaccelDetectSplice,
-		"sys_enter_sendfile64": a.objs.SockaccelDetectSendfile,
-		"sys_enter_recvfrom":   a.objs.SockaccelDetectRecv,
-		"sys_enter_recvmmsg":   a.objs.SockaccelDetectRecv,
-		"sys_enter_recvmsg":    a.objs.SockaccelDetectRecvmsg,
-		"sys_enter_sendto":     a.objs.SockaccelDetectSend,
-		"sys_enter_sendmmsg":   a.objs.SockaccelDetectSend,
-		"sys_enter_sendmsg":    a.objs.SockaccelDetectSendmsg,
-		"sys_enter_ioctl":      a.objs.SockaccelDetectIoctl,
+		"sys_enter_splice":     a.objs.SaDetSplice,
+		"sys_enter_sendfile64": a.objs.SaDetSendfile,
+		"sys_enter_recvfrom":   a.objs.SaDetRecv,
+		"sys_enter_recvmmsg":   a.objs.SaDetRecv,
+		"sys_enter_recvmsg":    a.objs.SaDetRecvmsg,
+		"sys_enter_sendto":     a.objs.SaDetSend,
+		"sys_enter_sendmmsg":   a.objs.SaDetSend,
+		"sys_enter_sendmsg":    a.objs.SaDetSendmsg,
+		"sys_enter_ioctl":      a.objs.SaDetIoctl,
 	}
 }
 
@@ -409,7 +409,7 @@ func (a *Accelerator) attachDetect() error {
 func (a *Accelerator) attachSkMsg() error {
 	err := link.RawAttachProgram(link.RawAttachProgramOptions{
 		Target:  a.objs.SaSockhash.FD(),
-		Program: a.objs.SockaccelRedirect,
+		Program: a.objs.SaRedirect,
 		Attach:  ebpf.AttachSkMsgVerdict,
 	})
 	if err != nil {
@@ -423,7 +423,7 @@ func (a *Accelerator) attachSkMsg() error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("replace pinned sk_msg program: %w", err)
 	}
-	if err := a.objs.SockaccelRedirect.Pin(path); err != nil {
+	if err := a.objs.SaRedirect.Pin(path); err != nil {
 		return fmt.Errorf("pin sk_msg program: %w", err)
 	}
 	a.log.Info("attached sk_msg", zap.String("map", accelMapSaSockhash))

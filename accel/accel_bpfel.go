@@ -211,39 +211,39 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	accelMapSaConfig                 = "sa_config"
-	accelMapSaConntrack              = "sa_conntrack"
-	accelMapSaEvents                 = "sa_events"
-	accelMapSaExclCgroups            = "sa_excl_cgroups"
-	accelMapSaExclCidrs              = "sa_excl_cidrs"
-	accelMapSaExclPorts              = "sa_excl_ports"
-	accelMapSaGc                     = "sa_gc"
-	accelMapSaGcWake                 = "sa_gc_wake"
-	accelMapSaLearned                = "sa_learned"
-	accelMapSaLonely                 = "sa_lonely"
-	accelMapSaServers                = "sa_servers"
-	accelMapSaSockState              = "sa_sock_state"
-	accelMapSaSockhash               = "sa_sockhash"
-	accelMapSaStats                  = "sa_stats"
-	accelMapSaUseGate                = "sa_use_gate"
-	accelMapSaUseMarks               = "sa_use_marks"
-	accelProgSockaccelDetectIoctl    = "sockaccel_detect_ioctl"
-	accelProgSockaccelDetectRecv     = "sockaccel_detect_recv"
-	accelProgSockaccelDetectRecvmsg  = "sockaccel_detect_recvmsg"
-	accelProgSockaccelDetectSend     = "sockaccel_detect_send"
-	accelProgSockaccelDetectSendfile = "sockaccel_detect_sendfile"
-	accelProgSockaccelDetectSendmsg  = "sockaccel_detect_sendmsg"
-	accelProgSockaccelDetectSplice   = "sockaccel_detect_splice"
-	accelProgSockaccelRedirect       = "sockaccel_redirect"
-	accelProgSockaccelSetsockopt     = "sockaccel_setsockopt"
-	accelProgSockaccelSockops        = "sockaccel_sockops"
-	accelVarUnusedConfigFlags        = "unused_config_flags"
-	accelVarUnusedCtSide             = "unused_ct_side"
-	accelVarUnusedLearnedEnd         = "unused_learned_end"
-	accelVarUnusedLonelyEvent        = "unused_lonely_event"
-	accelVarUnusedSockFlags          = "unused_sock_flags"
-	accelVarUnusedUseEvent           = "unused_use_event"
-	accelVarUnusedUseReason          = "unused_use_reason"
+	accelMapSaConfig          = "sa_config"
+	accelMapSaConntrack       = "sa_conntrack"
+	accelMapSaEvents          = "sa_events"
+	accelMapSaExclCgroups     = "sa_excl_cgroups"
+	accelMapSaExclCidrs       = "sa_excl_cidrs"
+	accelMapSaExclPorts       = "sa_excl_ports"
+	accelMapSaGc              = "sa_gc"
+	accelMapSaGcWake          = "sa_gc_wake"
+	accelMapSaLearned         = "sa_learned"
+	accelMapSaLonely          = "sa_lonely"
+	accelMapSaServers         = "sa_servers"
+	accelMapSaSockState       = "sa_sock_state"
+	accelMapSaSockhash        = "sa_sockhash"
+	accelMapSaStats           = "sa_stats"
+	accelMapSaUseGate         = "sa_use_gate"
+	accelMapSaUseMarks        = "sa_use_marks"
+	accelProgSaDetIoctl       = "sa_det_ioctl"
+	accelProgSaDetRecv        = "sa_det_recv"
+	accelProgSaDetRecvmsg     = "sa_det_recvmsg"
+	accelProgSaDetSend        = "sa_det_send"
+	accelProgSaDetSendfile    = "sa_det_sendfile"
+	accelProgSaDetSendmsg     = "sa_det_sendmsg"
+	accelProgSaDetSplice      = "sa_det_splice"
+	accelProgSaRedirect       = "sa_redirect"
+	accelProgSaSetsockopt     = "sa_setsockopt"
+	accelProgSaSockops        = "sa_sockops"
+	accelVarUnusedConfigFlags = "unused_config_flags"
+	accelVarUnusedCtSide      = "unused_ct_side"
+	accelVarUnusedLearnedEnd  = "unused_learned_end"
+	accelVarUnusedLonelyEvent = "unused_lonely_event"
+	accelVarUnusedSockFlags   = "unused_sock_flags"
+	accelVarUnusedUseEvent    = "unused_use_event"
+	accelVarUnusedUseReason   = "unused_use_reason"
 )
 
 // loadAccel returns the embedded CollectionSpec for accel.
@@ -288,16 +288,16 @@ type accelSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelProgramSpecs struct {
-	SockaccelDetectIoctl    *ebpf.ProgramSpec `ebpf:"sockaccel_detect_ioctl"`
-	SockaccelDetectRecv     *ebpf.ProgramSpec `ebpf:"sockaccel_detect_recv"`
-	SockaccelDetectRecvmsg  *ebpf.ProgramSpec `ebpf:"sockaccel_detect_recvmsg"`
-	SockaccelDetectSend     *ebpf.ProgramSpec `ebpf:"sockaccel_detect_send"`
-	SockaccelDetectSendfile *ebpf.ProgramSpec `ebpf:"sockaccel_detect_sendfile"`
-	SockaccelDetectSendmsg  *ebpf.ProgramSpec `ebpf:"sockaccel_detect_sendmsg"`
-	SockaccelDetectSplice   *ebpf.ProgramSpec `ebpf:"sockaccel_detect_splice"`
-	SockaccelRedirect       *ebpf.ProgramSpec `ebpf:"sockaccel_redirect"`
-	SockaccelSetsockopt     *ebpf.ProgramSpec `ebpf:"sockaccel_setsockopt"`
-	SockaccelSockops        *ebpf.ProgramSpec `ebpf:"sockaccel_sockops"`
+	SaDetIoctl    *ebpf.ProgramSpec `ebpf:"sa_det_ioctl"`
+	SaDetRecv     *ebpf.ProgramSpec `ebpf:"sa_det_recv"`
+	SaDetRecvmsg  *ebpf.ProgramSpec `ebpf:"sa_det_recvmsg"`
+	SaDetSend     *ebpf.ProgramSpec `ebpf:"sa_det_send"`
+	SaDetSendfile *ebpf.ProgramSpec `ebpf:"sa_det_sendfile"`
+	SaDetSendmsg  *ebpf.ProgramSpec `ebpf:"sa_det_sendmsg"`
+	SaDetSplice   *ebpf.ProgramSpec `ebpf:"sa_det_splice"`
+	SaRedirect    *ebpf.ProgramSpec `ebpf:"sa_redirect"`
+	SaSetsockopt  *ebpf.ProgramSpec `ebpf:"sa_setsockopt"`
+	SaSockops     *ebpf.ProgramSpec `ebpf:"sa_sockops"`
 }
 
 // accelMapSpecs contains maps before they are loaded into the kernel.
@@ -411,30 +411,30 @@ type accelVariables struct {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelPrograms struct {
-	SockaccelDetectIoctl    *ebpf.Program `ebpf:"sockaccel_detect_ioctl"`
-	SockaccelDetectRecv     *ebpf.Program `ebpf:"sockaccel_detect_recv"`
-	SockaccelDetectRecvmsg  *ebpf.Program `ebpf:"sockaccel_detect_recvmsg"`
-	SockaccelDetectSend     *ebpf.Program `ebpf:"sockaccel_detect_send"`
-	SockaccelDetectSendfile *ebpf.Program `ebpf:"sockaccel_detect_sendfile"`
-	SockaccelDetectSendmsg  *ebpf.Program `ebpf:"sockaccel_detect_sendmsg"`
-	SockaccelDetectSplice   *ebpf.Program `ebpf:"sockaccel_detect_splice"`
-	SockaccelRedirect       *ebpf.Program `ebpf:"sockaccel_redirect"`
-	SockaccelSetsockopt     *ebpf.Program `ebpf:"sockaccel_setsockopt"`
-	SockaccelSockops        *ebpf.Program `ebpf:"sockaccel_sockops"`
+	SaDetIoctl    *ebpf.Program `ebpf:"sa_det_ioctl"`
+	SaDetRecv     *ebpf.Program `ebpf:"sa_det_recv"`
+	SaDetRecvmsg  *ebpf.Program `ebpf:"sa_det_recvmsg"`
+	SaDetSend     *ebpf.Program `ebpf:"sa_det_send"`
+	SaDetSendfile *ebpf.Program `ebpf:"sa_det_sendfile"`
+	SaDetSendmsg  *ebpf.Program `ebpf:"sa_det_sendmsg"`
+	SaDetSplice   *ebpf.Program `ebpf:"sa_det_splice"`
+	SaRedirect    *ebpf.Program `ebpf:"sa_redirect"`
+	SaSetsockopt  *ebpf.Program `ebpf:"sa_setsockopt"`
+	SaSockops     *ebpf.Program `ebpf:"sa_sockops"`
 }
 
 func (p *accelPrograms) Close() error {
 	return _AccelClose(
-		p.SockaccelDetectIoctl,
-		p.SockaccelDetectRecv,
-		p.SockaccelDetectRecvmsg,
-		p.SockaccelDetectSend,
-		p.SockaccelDetectSendfile,
-		p.SockaccelDetectSendmsg,
-		p.SockaccelDetectSplice,
-		p.SockaccelRedirect,
-		p.SockaccelSetsockopt,
-		p.SockaccelSockops,
+		p.SaDetIoctl,
+		p.SaDetRecv,
+		p.SaDetRecvmsg,
+		p.SaDetSend,
+		p.SaDetSendfile,
+		p.SaDetSendmsg,
+		p.SaDetSplice,
+		p.SaRedirect,
+		p.SaSetsockopt,
+		p.SaSockops,
 	)
 }
 

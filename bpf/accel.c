@@ -771,7 +771,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 }
 
 SEC("sockops")
-int sockaccel_sockops(struct bpf_sock_ops *skops)
+int sa_sockops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
@@ -1024,7 +1024,7 @@ static __always_inline void report_lonely(struct bpf_sock *sk, struct sock_state
 }
 
 SEC("sk_msg")
-int sockaccel_redirect(struct sk_msg_md *msg)
+int sa_redirect(struct sk_msg_md *msg)
 {
 	struct accel_stats *st = stats();
 	struct accel_config *cfg = config();
@@ -1156,7 +1156,7 @@ static __always_inline void lower_rcvlowat(struct bpf_sockopt *ctx, struct bpf_s
  * ignores it on the redirect queue) keeps redirected bytes out of the
  * socket; a ULP such as kTLS keeps the socket off the fast path. */
 SEC("cgroup/setsockopt")
-int sockaccel_setsockopt(struct bpf_sockopt *ctx)
+int sa_setsockopt(struct bpf_sockopt *ctx)
 {
 	struct accel_stats *st = stats();
 	struct bpf_sock *sk = ctx->sk;
@@ -1425,7 +1425,7 @@ static __always_inline void check_flags(__u64 fd, __u64 flags, int receiving)
 }
 
 SEC("tracepoint/syscalls/sys_enter_splice")
-int sockaccel_detect_splice(struct syscall_enter *ctx)
+int sa_det_splice(struct syscall_enter *ctx)
 {
 	mark_use(ctx->args[0], USE_SPLICE); /* fd_in */
 	return 0;
@@ -1434,7 +1434,7 @@ int sockaccel_detect_splice(struct syscall_enter *ctx)
 /* sendfile(out_fd, in_fd, ...) with a socket as in_fd reads it through
  * splice_read, like splice. */
 SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int sockaccel_detect_sendfile(struct syscall_enter *ctx)
+int sa_det_sendfile(struct syscall_enter *ctx)
 {
 	mark_use(ctx->args[1], USE_SPLICE); /* in_fd */
 	return 0;
@@ -1442,7 +1442,7 @@ int sockaccel_detect_sendfile(struct syscall_enter *ctx)
 
 /* recvfrom(fd, buf, len, flags, ...) and recvmmsg(fd, vec, vlen, flags, ...) */
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int sockaccel_detect_recv(struct syscall_enter *ctx)
+int sa_det_recv(struct syscall_enter *ctx)
 {
 	check_flags(ctx->args[0], ctx->args[3], 1);
 	return 0;
@@ -1450,7 +1450,7 @@ int sockaccel_detect_recv(struct syscall_enter *ctx)
 
 /* recvmsg(fd, msg, flags) */
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int sockaccel_detect_recvmsg(struct syscall_enter *ctx)
+int sa_det_recvmsg(struct syscall_enter *ctx)
 {
 	check_flags(ctx->args[0], ctx->args[2], 1);
 	return 0;
@@ -1458,7 +1458,7 @@ int sockaccel_detect_recvmsg(struct syscall_enter *ctx)
 
 /* sendto(fd, buf, len, flags, ...) and sendmmsg(fd, vec, vlen, flags) */
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int sockaccel_detect_send(struct syscall_enter *ctx)
+int sa_det_send(struct syscall_enter *ctx)
 {
 	check_flags(ctx->args[0], ctx->args[3], 0);
 	return 0;
@@ -1466,7 +1466,7 @@ int sockaccel_detect_send(struct syscall_enter *ctx)
 
 /* sendmsg(fd, msg, flags) */
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int sockaccel_detect_sendmsg(struct syscall_enter *ctx)
+int sa_det_sendmsg(struct syscall_enter *ctx)
 {
 	check_flags(ctx->args[0], ctx->args[2], 0);
 	return 0;
@@ -1478,7 +1478,7 @@ int sockaccel_detect_sendmsg(struct syscall_enter *ctx)
  * redirected before it are read; the daemon learns the service so its next
  * connections stay on TCP from the start. */
 SEC("tracepoint/syscalls/sys_enter_ioctl")
-int sockaccel_detect_ioctl(struct syscall_enter *ctx)
+int sa_det_ioctl(struct syscall_enter *ctx)
 {
 	__u64 addr;
 

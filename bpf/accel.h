@@ -197,7 +197,7 @@ struct accel_stats {
 	__u64 resumed;
 	/* Connections taken off the fast path for good when an application
 	 * first used a call the redirect path does not honour (see
-	 * sockaccel_detect): splice from the socket, recv with MSG_WAITALL,
+	 * sa_det_*): splice from the socket, recv with MSG_WAITALL,
 	 * send or recv with MSG_OOB. */
 	__u64 off_splice;
 	__u64 off_waitall;
@@ -249,7 +249,7 @@ struct use_event {
 };
 
 /* Calls on an accelerated socket whose semantics the redirect path breaks,
- * seen at syscall entry by sockaccel_detect. */
+ * seen at syscall entry by the sa_det_* programs. */
 enum use_reason {
 	USE_SPLICE = 1 << 0,  /* splice(2) reads only the TCP receive queue */
 	USE_WAITALL = 1 << 1, /* tcp_bpf_recvmsg ignores MSG_WAITALL */

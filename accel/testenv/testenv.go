@@ -353,7 +353,7 @@ func DetectLinks(t testing.TB, pinDir string) int {
 		}
 		pi, err := prog.Info()
 		prog.Close()
-		if err != nil || !strings.HasPrefix(pi.Name, "sockaccel_detec") {
+		if err != nil || !strings.HasPrefix(pi.Name, "sa_det_") {
 			continue
 		}
 		if ids, ok := pi.MapIDs(); ok && slices.Contains(ids, gateID) {
