@@ -90,6 +90,7 @@ type Accelerator struct {
 	lock    *PinLock // the pin dir's flock, held until Close
 	gcOnce  sync.Once
 	gcState *gc
+	held    heldObjects // what health checks compare the pins with
 	// What the behaviour probes found (probed on a fresh start, read from
 	// the pins when adopting).
 	behaviour KernelBehaviour
@@ -240,6 +241,17 @@ func (a *Accelerator) start() error {
 	if err := restoreStats(a.objs.SaStats, carried); err != nil {
 		return err
 	}
+	a.held.cgroupLinks = map[string]link.Link{}
+	a.held.detectLinks = map[string]link.Link{}
+	var pinned []string
+	for name, m := range spec.Maps {
+		if m.Pinning == ebpf.PinByName {
+			pinned = append(pinned, name)
+		}
+	}
+	if err := a.recordHeld(pinned); err != nil {
+		return err
+	}
 	var flags uint32
 	if a.cfg.DisableConntrack {
 		flags |= uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK)
@@ -354,6 +366,7 @@ func (a *Accelerator) attachDetect() error {
 			return fmt.Errorf("pin %s link: %w", tp, err)
 		}
 		a.links = append(a.links, l)
+		a.held.detectLinks[tp] = l
 	}
 	if a.cfg.DisableDetect {
 		a.log.Info("use detection off: splice, MSG_WAITALL and MSG_OOB are not watched")
@@ -413,6 +426,7 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 			return fmt.Errorf("update pinned link %s: %w", path, err)
 		}
 		a.links = append(a.links, l)
+		a.held.cgroupLinks[pin] = l
 		a.log.Info("adopted cgroup link", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 		return nil
 	case !errors.Is(err, os.ErrNotExist):
@@ -434,6 +448,7 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 		return fmt.Errorf("pin %s link (needs cgroup bpf_link, Linux 5.7+): %w", attach, err)
 	}
 	a.links = append(a.links, l)
+	a.held.cgroupLinks[pin] = l
 	a.log.Info("attached to cgroup", zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 	return nil
 }
@@ -471,6 +486,13 @@ func (a *Accelerator) CollectGarbage() (int, error) {
 // Conns lists the tracked connections.
 func (a *Accelerator) Conns() ([]Conn, error) { return ListConns(a.objs.SaConntrack) }
 
+// EachConn calls fn with each tracked connection, one at a time (see
+// EachConn): a listing of any size costs the daemon one entry of memory.
+func (a *Accelerator) EachConn(fn func(Conn) error) error { return EachConn(a.objs.SaConntrack, fn) }
+
+// PinDir is the bpffs directory the daemon pins into.
+func (a *Accelerator) PinDir() string { return a.cfg.PinDir }
+
 func (a *Accelerator) gc() *gc {
 	a.gcOnce.Do(func() {
 		a.gcState = &gc{
@@ -479,6 +501,7 @@ func (a *Accelerator) gc() *gc {
 			state:     a.objs.SaGc,
 			wake:      a.objs.SaGcWake,
 			log:       a.log.Named("gc"),
+			metrics:   newGCMetrics(),
 		}
 	})
 	return a.gcState
