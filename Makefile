@@ -82,6 +82,7 @@ bench: build
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sockaccel
 	install -D -m 0644 systemd/sockaccel.service $(DESTDIR)/etc/systemd/system/sockaccel.service
+	install -D -m 0644 -t $(DESTDIR)$(PREFIX)/share/doc/sockaccel/prometheus systemd/prometheus/sockaccel.rules.yml systemd/prometheus/sockaccel.rules.test.yml systemd/prometheus/sockaccel.dashboard.json
 
 clean:
 	rm -rf bin

@@ -307,3 +307,14 @@ func (a *Accelerator) aggregates() (s Status, failed map[string]error) {
 	}
 	return s, failed
 }
+
+// MetricNames lists the names of the metrics the Collector exposes (a
+// histogram by its base name), for checking dashboards and alert rules.
+func MetricNames() []string {
+	names := []string{"sockaccel_build_info", "sockaccel_program_attached", "sockaccel_healthy",
+		"sockaccel_conntrack_gc_running_seconds", "sockaccel_scrape_errors_total", "sockaccel_conntrack_gc_duration_seconds"}
+	for _, m := range counters {
+		names = append(names, m.name)
+	}
+	return names
+}
