@@ -212,8 +212,10 @@ func TestAPISocket(t *testing.T) {
 	// directory is reachable to everyone, so only the daemon's own modes
 	// keep nobody out.
 	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
+	for _, d := range []string{filepath.Dir(dir), dir} { // t.TempDir's are 0700
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	api := filepath.Join(dir, "run", "sockaccel.sock")
 	d := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin, "--api-socket", api, "--log-level", "debug", wideBound)
@@ -228,23 +230,58 @@ func TestAPISocket(t *testing.T) {
 		}
 	}
 
-	// nobody cannot connect.
-	py := exec.Command(python, "-c", `
+	// nobody cannot connect; and were the modes opened behind the
+	// daemon's back, its connection would be dropped unanswered
+	// (SO_PEERCRED).
+	asNobody := func() string {
+		t.Helper()
+		py := exec.Command(python, "-c", `
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
 try:
     s.connect(sys.argv[1])
-    s.sendall(b"GET /conns HTTP/1.0\r\n\r\n")
-    print("connected", s.recv(100))
 except OSError as e:
     print("refused", e.errno)
+    sys.exit()
+try:
+    s.sendall(b"GET /conns HTTP/1.0\r\n\r\n")
+    data = s.recv(100)
+except OSError:  # EPIPE or ECONNRESET: closed under us
+    data = b""
+print("answered" if data else "dropped")
 `, api)
-	py.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	out, err := py.CombinedOutput()
-	if err != nil || !strings.HasPrefix(string(out), "refused 13") {
-		t.Errorf("nobody connecting to %s: %v: %s (want refused with EACCES)", api, err, out)
+		py.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := py.CombinedOutput()
+		if err != nil {
+			t.Fatalf("python as nobody: %v: %s", err, out)
+		}
+		t.Logf("nobody: %s", strings.TrimSpace(string(out)))
+		return strings.TrimSpace(string(out))
 	}
-	t.Logf("nobody: %s", strings.TrimSpace(string(out)))
+	if got := asNobody(); got != "refused 13" {
+		t.Errorf("nobody connecting to %s: %q, want refused with EACCES (13)", api, got)
+	}
+	if err := os.Chmod(filepath.Dir(api), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(api, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if got := asNobody(); got != "dropped" {
+		t.Errorf("nobody connecting to %s opened 0666: %q, want the connection dropped unanswered", api, got)
+	}
+	os.Chmod(api, 0o600)
+	os.Chmod(filepath.Dir(api), 0o700)
+
+	// A second daemon (another pin dir) on the same socket is refused
+	// before it changes anything.
+	pin2 := testenv.TempPinDir(t)
+	if r := sockaccel(t, "run", "--cgroup", cg.Path, "--pin-dir", pin2, "--metrics-addr=", "--api-socket", api); r.code == 0 || !strings.Contains(r.stderr, "another sockaccel serves on "+api) {
+		t.Errorf("second daemon on %s: exit %d: %s", api, r.code, r.stderr)
+	}
+	if _, err := os.Stat(pin2); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("refused daemon left %s (err %v)", pin2, err)
+	}
 
 	ln := in.Listen(t, "tcp4", "127.0.0.1:9004")
 	pairs := testenv.Connect(t, in, ln, "tcp4", "127.0.0.1:9004", 3)
