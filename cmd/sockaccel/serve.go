@@ -55,7 +55,6 @@ func serveMetrics(ctx context.Context, ln net.Listener, a *accel.Accelerator, ma
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)
-	mux.HandleFunc("GET /healthz", healthz(a))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		st, err := a.AggregateStatus()
 		if err != nil {
@@ -78,7 +77,7 @@ func serveMetrics(ctx context.Context, ln net.Listener, a *accel.Accelerator, ma
 		w.Header().Set(pinDirHeader, a.PinDir())
 		writeJSON(w, m)
 	})
-	return serveHTTP(ctx, ln, limitRequests(mux, maxRequests), log)
+	return serveHTTP(ctx, ln, withHealthz(limitRequests(mux, maxRequests), a, maxRequests), log)
 }
 
 // serveAPI serves, on the root-only unix socket, what names connections,
@@ -86,7 +85,6 @@ func serveMetrics(ctx context.Context, ln net.Listener, a *accel.Accelerator, ma
 // /conns, streamed; /healthz too.
 func serveAPI(ctx context.Context, ln net.Listener, a *accel.Accelerator, maxRequests int, log *zap.Logger) <-chan error {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", healthz(a))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		st, err := a.Status()
 		if err != nil {
@@ -103,7 +101,7 @@ func serveAPI(ctx context.Context, ln net.Listener, a *accel.Accelerator, maxReq
 		log.Debug("api request", zap.String("method", r.Method), zap.String("path", r.URL.Path))
 		mux.ServeHTTP(w, r)
 	})
-	return serveHTTP(ctx, &peerCheckListener{ln, log}, limitRequests(h, maxRequests), log)
+	return serveHTTP(ctx, &peerCheckListener{ln, log}, withHealthz(limitRequests(h, maxRequests), a, maxRequests), log)
 }
 
 // streamConns writes the JSON array of `conns --json` one connection at a
@@ -173,6 +171,15 @@ func healthz(a *accel.Accelerator) http.HandlerFunc {
 			w.Write([]byte("ok\n"))
 		}
 	}
+}
+
+// withHealthz serves GET /healthz beside h, under a cap of its own, so that
+// a flood of scrapes or listings cannot make a health probe fail.
+func withHealthz(h http.Handler, a *accel.Accelerator, maxRequests int) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /healthz", limitRequests(healthz(a), maxRequests))
+	mux.Handle("/", h)
+	return mux
 }
 
 // limitRequests answers 503 with Retry-After to a request beyond max
