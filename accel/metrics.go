@@ -144,13 +144,14 @@ func newGCMetrics() *gcMetrics {
 	})}
 }
 
-// Collector is a prometheus.Collector that reads the daemon's BPF maps at
-// scrape time, from the maps the daemon holds open: a scrape opens no pin
-// and never walks the cgroup tree. It reads the stats, config and GC state
-// arrays (one lookup each), the pinned links (a few syscalls), counts
-// learned exclusions, and still walks two maps, because the kernel keeps no
-// element count that user space can read: the sockhash key by key (sockhash
-// has no batch operations) and conntrack in batches.
+// Collector is a prometheus.Collector that reads the daemon's BPF state at
+// scrape time, from the maps and links the daemon holds open; it never walks
+// the cgroup tree. It reads the stats, config and GC state arrays (one
+// lookup each), counts learned exclusions, runs the health check (which
+// opens each pin to compare it with the held object: a few syscalls a pin),
+// and still walks two maps, because the kernel keeps no element count that
+// user space can read: the sockhash key by key (sockhash has no batch
+// operations) and conntrack in batches.
 type Collector struct {
 	a       *Accelerator
 	log     *zap.Logger
