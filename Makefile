@@ -67,9 +67,10 @@ RUN ?= $(KERNEL_TESTS)
 test-kernel:
 	KERNEL='$(KERNEL)' RUN='$(RUN)' GO='$(GO)' bash .ci/kernel/run.sh
 
-# What the tests and the benchmark drive, installed with apt-get (root): the
+# What the tests and the benchmark drive, installed with apt-get (root; the
+# prometheus package for promtool, which the metrics tests run): the
 # tests themselves never install anything.
-TEST_PACKAGES := iproute2 python3 libpython3.11-testsuite gcc libc6-dev nginx curl wrk redis-server redis-tools haproxy
+TEST_PACKAGES := iproute2 python3 libpython3.11-testsuite gcc libc6-dev nginx curl wrk redis-server redis-tools haproxy prometheus
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_PACKAGES)
@@ -81,6 +82,7 @@ bench: build
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sockaccel
 	install -D -m 0644 systemd/sockaccel.service $(DESTDIR)/etc/systemd/system/sockaccel.service
+	install -D -m 0644 -t $(DESTDIR)$(PREFIX)/share/doc/sockaccel/prometheus systemd/prometheus/sockaccel.rules.yml systemd/prometheus/sockaccel.rules.test.yml systemd/prometheus/sockaccel.dashboard.json
 
 clean:
 	rm -rf bin

@@ -90,6 +90,7 @@ type Accelerator struct {
 	lock    *PinLock // the pin dir's flock, held until Close
 	gcOnce  sync.Once
 	gcState *gc
+	held    heldObjects // what health checks compare the pins with
 	// What the behaviour probes found (probed on a fresh start, read from
 	// the pins when adopting).
 	behaviour KernelBehaviour
@@ -101,6 +102,8 @@ type Accelerator struct {
 	learnRate learnLimiter
 	seen      seenUses
 	unpinned  []unpinnedLink // attached by this start, pinned at its end
+	// What pinLinks logs once they are pinned.
+	attachedLog []func()
 
 	// policy.c, loaded on first use (see connOff).
 	policyOnce sync.Once
@@ -255,6 +258,17 @@ func (a *Accelerator) start() error {
 	if err := restoreValues(map[string]*ebpf.Map{accelMapSaStats: a.objs.SaStats, accelMapSaGc: a.objs.SaGc}, carried); err != nil {
 		return err
 	}
+	a.held.cgroupLinks = map[string]link.Link{}
+	a.held.detectLinks = map[string]link.Link{}
+	var pinned []string
+	for name, m := range spec.Maps {
+		if m.Pinning == ebpf.PinByName {
+			pinned = append(pinned, name)
+		}
+	}
+	if err := a.recordHeld(pinned); err != nil {
+		return err
+	}
 	var flags uint32
 	if a.cfg.DisableConntrack {
 		flags |= uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK)
@@ -324,6 +338,13 @@ func (a *Accelerator) pinLinks() error {
 		if err := os.MkdirAll(filepath.Dir(u.path), 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", filepath.Dir(u.path), err)
 		}
+		if _, err := os.Lstat(u.path); errors.Is(err, os.ErrNotExist) {
+			// Nothing to replace: pinned where it belongs, one syscall.
+			if err := u.link.Pin(u.path); err != nil {
+				return fmt.Errorf("pin link %s (needs bpf_link, Linux 5.7+): %w", u.path, err)
+			}
+			continue
+		}
 		tmp := u.path + "-new" // bpffs reserves names with dots
 		os.Remove(tmp)
 		if err := u.link.Pin(tmp); err != nil {
@@ -338,6 +359,10 @@ func (a *Accelerator) pinLinks() error {
 		}
 	}
 	a.unpinned = nil
+	for _, f := range a.attachedLog {
+		f()
+	}
+	a.attachedLog = nil
 	return nil
 }
 
@@ -396,12 +421,15 @@ func (a *Accelerator) attachDetect() error {
 		}
 		a.links = append(a.links, l)
 		a.unpinned = append(a.unpinned, unpinnedLink{l, path})
+		a.held.detectLinks[tp] = l
 	}
 	if a.cfg.DisableDetect {
 		a.log.Info("use detection off: splice, MSG_WAITALL and MSG_OOB are not watched")
 	} else {
-		a.log.Info("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"),
-			zap.Bool("fionread", a.cfg.DetectFIONREAD))
+		a.attachedLog = append(a.attachedLog, func() {
+			a.log.Info("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"),
+				zap.Bool("fionread", a.cfg.DetectFIONREAD))
+		})
 	}
 	return nil
 }
@@ -455,6 +483,7 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 			return fmt.Errorf("update pinned link %s: %w", path, err)
 		}
 		a.links = append(a.links, l)
+		a.held.cgroupLinks[pin] = l
 		a.log.Info("adopted cgroup link", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 		return nil
 	case !errors.Is(err, os.ErrNotExist):
@@ -471,7 +500,11 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 	}
 	a.links = append(a.links, l)
 	a.unpinned = append(a.unpinned, unpinnedLink{l, path})
-	a.log.Info("attached to cgroup", zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+	a.held.cgroupLinks[pin] = l
+	// Logged by pinLinks, once pinned: only then does it outlive us.
+	a.attachedLog = append(a.attachedLog, func() {
+		a.log.Info("attached to cgroup", zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+	})
 	return nil
 }
 
@@ -512,6 +545,13 @@ func (a *Accelerator) CollectGarbage() (int, error) {
 // Conns lists the tracked connections.
 func (a *Accelerator) Conns() ([]Conn, error) { return ListConns(a.objs.SaConntrack) }
 
+// EachConn calls fn with each tracked connection, one at a time (see
+// EachConn): a listing of any size costs the daemon one entry of memory.
+func (a *Accelerator) EachConn(fn func(Conn) error) error { return EachConn(a.objs.SaConntrack, fn) }
+
+// PinDir is the bpffs directory the daemon pins into.
+func (a *Accelerator) PinDir() string { return a.cfg.PinDir }
+
 func (a *Accelerator) gc() *gc {
 	a.gcOnce.Do(func() {
 		a.gcState = &gc{
@@ -521,6 +561,7 @@ func (a *Accelerator) gc() *gc {
 			wake:      a.objs.SaGcWake,
 			log:       a.log.Named("gc"),
 			reset:     make(chan struct{}, 1),
+			metrics:   newGCMetrics(),
 		}
 	})
 	return a.gcState

@@ -47,11 +47,24 @@ type Conn struct {
 
 // ListConns reads every conntrack entry from m.
 func ListConns(m *ebpf.Map) ([]Conn, error) {
+	var out []Conn
+	err := EachConn(m, func(c Conn) error {
+		out = append(out, c)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// EachConn calls fn with each conntrack entry of m in map order, holding one
+// at a time; an error from fn stops the walk and is returned.
+func EachConn(m *ebpf.Map, fn func(Conn) error) error {
 	now := monotonicNow()
 	var (
 		key   accelSockKey
 		entry accelCtEntry
-		out   []Conn
 	)
 	it := m.Iterate()
 	for it.Next(&key, &entry) {
@@ -76,12 +89,14 @@ func ListConns(m *ebpf.Map) ([]Conn, error) {
 				c.CgroupIDs = append(c.CgroupIDs, entry.CgroupId[side])
 			}
 		}
-		out = append(out, c)
+		if err := fn(c); err != nil {
+			return err
+		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate conntrack: %w", err)
+		return fmt.Errorf("iterate conntrack: %w", err)
 	}
-	return out, nil
+	return nil
 }
 
 func ctState(e accelCtEntry) string {
@@ -139,6 +154,7 @@ type gc struct {
 	// tells a running loop to pick up a new one at once.
 	interval atomic.Int64
 	reset    chan struct{}
+	metrics  *gcMetrics
 }
 
 // setInterval changes the pass interval of a running or future GC loop.
@@ -175,6 +191,12 @@ func (g *gc) alive(key accelSockKey, e accelCtEntry) bool {
 // it collected (deleting while iterating a hash map can skip or revisit
 // entries). It returns how many entries it removed and how many remain.
 func (g *gc) collect() (removed, remaining int, err error) {
+	start := time.Now()
+	g.metrics.started.Store(start.UnixNano())
+	defer func() {
+		g.metrics.started.Store(0)
+		g.metrics.duration.Observe(time.Since(start).Seconds())
+	}()
 	var (
 		key   accelSockKey
 		entry accelCtEntry

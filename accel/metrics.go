@@ -4,83 +4,321 @@ package accel
 
 import (
 	"fmt"
-	"io"
-	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 )
 
-// WritePrometheus writes s in the Prometheus text exposition format. The
-// values are read from the BPF maps at scrape time, so a scrape always shows
-// the kernel's current view.
-func WritePrometheus(w io.Writer, s Status, version string) error {
-	var b strings.Builder
-	metric := func(name, typ, help string, samples ...sample) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
-		for _, sm := range samples {
-			if sm.labels == "" {
-				fmt.Fprintf(&b, "%s %v\n", name, sm.value)
-			} else {
-				fmt.Fprintf(&b, "%s{%s} %v\n", name, sm.labels, sm.value)
-			}
-		}
-	}
-	one := func(v any) sample { return sample{value: v} }
-	attached := 0
-	if s.Attached {
-		attached = 1
-	}
-	metric("sockaccel_build_info", "gauge", "Version of the running sockaccel binary.",
-		sample{fmt.Sprintf("version=%q", version), 1})
-	metric("sockaccel_attached", "gauge", "Whether the sock_ops program is attached to its cgroup (1) or not (0).", one(attached))
-	metric("sockaccel_sockhash_entries", "gauge", "Sockets currently in the sockhash.", one(s.SockhashEntries))
-	metric("sockaccel_sockhash_entries_limit", "gauge", "Sockets the sockhash can hold (two per connection).", one(2*uint64(s.MaxConns)))
-	metric("sockaccel_conntrack_entries", "gauge", "Connections currently tracked.", one(s.Conntrack.Entries))
-	metric("sockaccel_conntrack_entries_limit", "gauge", "Connections the conntrack map can hold.", one(s.Conntrack.Capacity))
-	metric("sockaccel_msg_redirected_total", "counter", "Sends moved straight into the peer socket.", one(s.RedirectedMsgs))
-	metric("sockaccel_msg_redirected_bytes_total", "counter", "Bytes moved straight into the peer socket.", one(s.RedirectedBytes))
-	metric("sockaccel_msg_passed_total", "counter", "Sends of tracked sockets left on the TCP path.", one(s.PassedMsgs))
-	metric("sockaccel_msg_passed_bytes_total", "counter", "Bytes of tracked sockets left on the TCP path.", one(s.PassedBytes))
-	metric("sockaccel_redirect_errors_total", "counter", "Sends whose peer left the sockhash after this socket had redirected to it.", one(s.RedirectErrors))
-	metric("sockaccel_sockets_established_total", "counter", "Established TCP sockets seen in the target cgroup.", one(s.Established))
-	metric("sockaccel_sockets_accelerated_total", "counter", "Sockets put in the sockhash.", one(s.Inserted))
-	metric("sockaccel_sockets_not_accelerated_total", "counter", "Established sockets not put in the sockhash, by reason.",
-		sample{`reason="map_full"`, s.MapFull},
-		sample{`reason="excluded_port"`, s.ExcludedPort},
-		sample{`reason="excluded_cidr"`, s.ExcludedCIDR},
-		sample{`reason="excluded_cgroup"`, s.ExcludedCgroup},
-		sample{`reason="early_data"`, s.EarlyData},
-		sample{`reason="insert_error"`, s.InsertErrors},
-		sample{`reason="storage_error"`, s.StorageErrors},
-		sample{`reason="disabled"`, s.Disabled},
-		sample{`reason="blocking"`, s.Blocking},
-		sample{`reason="ulp"`, s.ULP},
-		sample{`reason="excluded_learned"`, s.ExcludedLearned},
-		sample{`reason="repair"`, s.Repair},
-		sample{`reason="no_peer"`, s.NoPeer})
-	metric("sockaccel_sends_backlog_total", "counter", "Sends handed to TCP because the receiver was further behind than the backlog bound.", one(s.OffBacklog))
-	metric("sockaccel_directions_off_total", "counter", "Connection directions taken off the fast path for good, by reason.",
-		sample{`reason="setsockopt"`, s.OffSetsockopt})
-	metric("sockaccel_connections_off_total", "counter", "Connections taken off the fast path for good when an application first used a call the redirect path does not honour, by call.",
-		sample{`reason="splice"`, s.OffSplice},
-		sample{`reason="waitall"`, s.OffWaitall},
-		sample{`reason="oob"`, s.OffOOB},
-		sample{`reason="fionread"`, s.OffFIONREAD})
-	metric("sockaccel_splice_stalled_total", "counter", "Sockets an application spliced from while redirected bytes were unread (splice cannot return them: exclude that port or cgroup).", one(s.SpliceStalled))
-	metric("sockaccel_rcvlowat_lowered_total", "counter", "SO_RCVLOWAT calls on sockets that had bytes redirected into them, applied as 1 so that no wait depends on those bytes.", one(s.RcvlowatLowered))
-	metric("sockaccel_oob_misread_total", "counter", "recv(MSG_OOB) calls on sockets holding redirected bytes, which returned an ordinary byte instead of the urgent one (that service is learned from then on with --learn-splice).", one(s.OOBMisread))
-	metric("sockaccel_fionread_misread_total", "counter", "ioctl(FIONREAD) calls on sockets holding redirected bytes, on a kernel whose FIONREAD leaves those out, so it reported too little (that service is learned from then on with --learn-splice).", one(s.FIONREADMisread))
-	metric("sockaccel_directions_resumed_total", "counter", "Directions back on the fast path after the receiver read every byte that went through TCP.", one(s.Resumed))
-	metric("sockaccel_conntrack_closed_total", "counter", "Conntrack entries removed, by what removed them.",
-		sample{`by="close_callback"`, s.ClosedDirect},
-		sample{`by="gc"`, s.Conntrack.ClosedGC})
-	metric("sockaccel_connections_retired_total", "counter", "Connections off the fast path both ways for good whose sockets left the sockhash, back to plain TCP.", one(s.Conntrack.Retired))
-	metric("sockaccel_lonely_ends_total", "counter", "Client ends taken out of the sockhash because their server never joined, back to plain TCP.", one(s.Conntrack.Lonely))
-	metric("sockaccel_conntrack_full_total", "counter", "Connections not tracked because conntrack was full.", one(s.CtFull))
-	metric("sockaccel_conntrack_gc_runs_total", "counter", "Fallback GC passes (zero while nothing needs collecting).", one(s.Conntrack.GCRuns))
-	_, err := io.WriteString(w, b.String())
-	return err
+// counter is one metric of the table below: every name, help sentence and
+// label is what the hand-written exposition of earlier versions emitted, so
+// dashboards and alerts keep working. Add, never rename.
+type counter struct {
+	name, help string
+	typ        prometheus.ValueType
+	label      string // the one label name, or "" for a single sample
+	samples    func(s *Status) []sample
 }
 
 type sample struct {
-	labels string
-	value  any
+	label string
+	value float64
+}
+
+func one(v uint64) []sample { return []sample{{value: float64(v)}} }
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// counters reads everything from a Status built without walking the cgroup
+// tree (see Collector).
+var counters = []counter{
+	{"sockaccel_attached", "Whether the sock_ops program is attached to its cgroup (1) or not (0).", prometheus.GaugeValue, "",
+		func(s *Status) []sample { return []sample{{value: boolValue(s.Attached)}} }},
+	{"sockaccel_sockhash_entries", "Sockets currently in the sockhash.", prometheus.GaugeValue, "",
+		func(s *Status) []sample { return one(s.SockhashEntries) }},
+	{"sockaccel_sockhash_entries_limit", "Sockets the sockhash can hold (two per connection).", prometheus.GaugeValue, "",
+		func(s *Status) []sample { return one(2 * uint64(s.MaxConns)) }},
+	{"sockaccel_conntrack_entries", "Connections currently tracked.", prometheus.GaugeValue, "",
+		func(s *Status) []sample { return one(s.Conntrack.Entries) }},
+	{"sockaccel_conntrack_entries_limit", "Connections the conntrack map can hold.", prometheus.GaugeValue, "",
+		func(s *Status) []sample { return one(uint64(s.Conntrack.Capacity)) }},
+	{"sockaccel_msg_redirected_total", "Sends moved straight into the peer socket.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.RedirectedMsgs) }},
+	{"sockaccel_msg_redirected_bytes_total", "Bytes moved straight into the peer socket.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.RedirectedBytes) }},
+	{"sockaccel_msg_passed_total", "Sends of tracked sockets left on the TCP path.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.PassedMsgs) }},
+	{"sockaccel_msg_passed_bytes_total", "Bytes of tracked sockets left on the TCP path.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.PassedBytes) }},
+	{"sockaccel_redirect_errors_total", "Sends whose peer left the sockhash after this socket had redirected to it.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.RedirectErrors) }},
+	{"sockaccel_sockets_established_total", "Established TCP sockets seen in the target cgroup.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.Established) }},
+	{"sockaccel_sockets_accelerated_total", "Sockets put in the sockhash.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.Inserted) }},
+	{"sockaccel_sockets_not_accelerated_total", "Established sockets not put in the sockhash, by reason.", prometheus.CounterValue, "reason",
+		func(s *Status) []sample {
+			return []sample{
+				{"map_full", float64(s.MapFull)},
+				{"excluded_port", float64(s.ExcludedPort)},
+				{"excluded_cidr", float64(s.ExcludedCIDR)},
+				{"excluded_cgroup", float64(s.ExcludedCgroup)},
+				{"early_data", float64(s.EarlyData)},
+				{"insert_error", float64(s.InsertErrors)},
+				{"storage_error", float64(s.StorageErrors)},
+				{"disabled", float64(s.Disabled)},
+				{"blocking", float64(s.Blocking)},
+				{"ulp", float64(s.ULP)},
+				{"excluded_learned", float64(s.ExcludedLearned)},
+				{"repair", float64(s.Repair)},
+				{"no_peer", float64(s.NoPeer)},
+			}
+		}},
+	{"sockaccel_sends_backlog_total", "Sends handed to TCP because the receiver was further behind than the backlog bound.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.OffBacklog) }},
+	{"sockaccel_directions_off_total", "Connection directions taken off the fast path for good, by reason.", prometheus.CounterValue, "reason",
+		func(s *Status) []sample { return []sample{{"setsockopt", float64(s.OffSetsockopt)}} }},
+	{"sockaccel_connections_off_total", "Connections taken off the fast path for good when an application first used a call the redirect path does not honour, by call.", prometheus.CounterValue, "reason",
+		func(s *Status) []sample {
+			return []sample{
+				{"splice", float64(s.OffSplice)},
+				{"waitall", float64(s.OffWaitall)},
+				{"oob", float64(s.OffOOB)},
+				{"fionread", float64(s.OffFIONREAD)},
+			}
+		}},
+	{"sockaccel_splice_stalled_total", "Sockets an application spliced from while redirected bytes were unread (splice cannot return them: exclude that port or cgroup).", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.SpliceStalled) }},
+	{"sockaccel_rcvlowat_lowered_total", "SO_RCVLOWAT calls on sockets that had bytes redirected into them, applied as 1 so that no wait depends on those bytes.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.RcvlowatLowered) }},
+	{"sockaccel_oob_misread_total", "recv(MSG_OOB) calls on sockets holding redirected bytes, which returned an ordinary byte instead of the urgent one (that service is learned from then on with --learn-splice).", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.OOBMisread) }},
+	{"sockaccel_fionread_misread_total", "ioctl(FIONREAD) calls on sockets holding redirected bytes, on a kernel whose FIONREAD leaves those out, so it reported too little (that service is learned from then on with --learn-splice).", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.FIONREADMisread) }},
+	{"sockaccel_directions_resumed_total", "Directions back on the fast path after the receiver read every byte that went through TCP.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.Resumed) }},
+	{"sockaccel_conntrack_closed_total", "Conntrack entries removed, by what removed them.", prometheus.CounterValue, "by",
+		func(s *Status) []sample {
+			return []sample{{"close_callback", float64(s.ClosedDirect)}, {"gc", float64(s.Conntrack.ClosedGC)}}
+		}},
+	{"sockaccel_connections_retired_total", "Connections off the fast path both ways for good whose sockets left the sockhash, back to plain TCP.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.Conntrack.Retired) }},
+	{"sockaccel_lonely_ends_total", "Client ends taken out of the sockhash because their server never joined, back to plain TCP.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.Conntrack.Lonely) }},
+	{"sockaccel_conntrack_full_total", "Connections not tracked because conntrack was full.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.CtFull) }},
+	{"sockaccel_conntrack_gc_runs_total", "Fallback GC passes (zero while nothing needs collecting).", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.Conntrack.GCRuns) }},
+	// Added with client_golang; not in the hand-written exposition.
+	{"sockaccel_conntrack_created_total", "Conntrack entries created.", prometheus.CounterValue, "",
+		func(s *Status) []sample { return one(s.CtCreated) }},
+	{"sockaccel_learned_exclusions", "Services kept on TCP by a learned exclusion (pinned until cleanup).", prometheus.GaugeValue, "",
+		func(s *Status) []sample { return one(uint64(s.LearnedExclusionsCount)) }},
+}
+
+// Parts of a scrape that can fail on their own; the scrape error counter
+// carries one of these as its part label.
+const (
+	partStats     = "stats"
+	partSockhash  = "sockhash"
+	partConntrack = "conntrack"
+	partLink      = "sock_ops_link"
+	partLearned   = "learned"
+	partHealth    = "health"
+)
+
+// gcMetrics times the fallback GC's passes; the collector exposes them.
+type gcMetrics struct {
+	duration prometheus.Histogram
+	started  atomic.Int64 // start of the pass under way (unix ns), 0 between passes
+}
+
+func newGCMetrics() *gcMetrics {
+	return &gcMetrics{duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "sockaccel_conntrack_gc_duration_seconds",
+		Help:    "Time each fallback GC pass took, from the first key read to the last delete.",
+		Buckets: []float64{.0001, .001, .01, .1, .5, 1, 2.5, 5, 10, 30},
+	})}
+}
+
+// Collector is a prometheus.Collector that reads the daemon's BPF state at
+// scrape time, from the maps and links the daemon holds open; it never walks
+// the cgroup tree. It reads the stats, config and GC state arrays (one
+// lookup each), counts learned exclusions, runs the health check (which
+// opens each pin to compare it with the held object: a few syscalls a pin),
+// and still walks two maps, because the kernel keeps no element count that
+// user space can read: the sockhash key by key (sockhash has no batch
+// operations) and conntrack in batches.
+type Collector struct {
+	a       *Accelerator
+	log     *zap.Logger
+	version string
+
+	descs        []*prometheus.Desc
+	buildInfo    *prometheus.Desc
+	programs     *prometheus.Desc
+	healthy      *prometheus.Desc
+	gcRunning    *prometheus.Desc
+	scrapeErrors *prometheus.CounterVec
+}
+
+// NewCollector returns the collector of a's metrics; register it on a
+// registry of its own.
+func NewCollector(a *Accelerator, version string, log *zap.Logger) *Collector {
+	c := &Collector{a: a, log: log, version: version}
+	for _, m := range counters {
+		var labels []string
+		if m.label != "" {
+			labels = []string{m.label}
+		}
+		c.descs = append(c.descs, prometheus.NewDesc(m.name, m.help, labels, nil))
+	}
+	c.buildInfo = prometheus.NewDesc("sockaccel_build_info", "Version of the running sockaccel binary.", []string{"version"}, nil)
+	c.programs = prometheus.NewDesc("sockaccel_program_attached",
+		"Whether each program is attached where the daemon put it (1) or not (0): sock_ops and setsockopt to the target cgroup through their pinned links, sk_msg to the sockhash.",
+		[]string{"program"}, nil)
+	c.healthy = prometheus.NewDesc("sockaccel_healthy",
+		"Whether every program is attached and every pin is present and is the object the daemon holds (1), as /healthz reports, or not (0).", nil, nil)
+	c.gcRunning = prometheus.NewDesc("sockaccel_conntrack_gc_running_seconds",
+		"How long the fallback GC pass under way has been running (0 between passes).", nil, nil)
+	c.scrapeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sockaccel_scrape_errors_total",
+		Help: "Reads of BPF state that failed during a scrape (their metrics were left out of that scrape), by what was read.",
+	}, []string{"part"})
+	for _, p := range []string{partStats, partSockhash, partConntrack, partLink, partLearned, partHealth} {
+		c.scrapeErrors.WithLabelValues(p)
+	}
+	return c
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+	ch <- c.buildInfo
+	ch <- c.programs
+	ch <- c.healthy
+	ch <- c.gcRunning
+	c.scrapeErrors.Describe(ch)
+	c.a.gc().metrics.duration.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.version)
+
+	s, failed := c.a.aggregates()
+	for part, err := range failed {
+		c.scrapeErrors.WithLabelValues(part).Inc()
+		c.log.Warn("read for metrics", zap.String("part", part), zap.Error(err))
+	}
+	for i, m := range counters {
+		if skip := partsOf(m.name); failed[skip[0]] != nil || failed[skip[1]] != nil {
+			continue
+		}
+		for _, sm := range m.samples(&s) {
+			if m.label == "" {
+				ch <- prometheus.MustNewConstMetric(c.descs[i], m.typ, sm.value)
+			} else {
+				ch <- prometheus.MustNewConstMetric(c.descs[i], m.typ, sm.value, sm.label)
+			}
+		}
+	}
+
+	h := c.a.Health()
+	if h.err != nil {
+		c.scrapeErrors.WithLabelValues(partHealth).Inc()
+		c.log.Warn("read for metrics", zap.String("part", partHealth), zap.Error(h.err))
+	} else {
+		for _, p := range h.Programs {
+			ch <- prometheus.MustNewConstMetric(c.programs, prometheus.GaugeValue, boolValue(p.Attached), p.Name)
+		}
+		ch <- prometheus.MustNewConstMetric(c.healthy, prometheus.GaugeValue, boolValue(h.OK()))
+	}
+
+	g := c.a.gc().metrics
+	running := 0.0
+	if start := g.started.Load(); start != 0 {
+		running = time.Since(time.Unix(0, start)).Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(c.gcRunning, prometheus.GaugeValue, running)
+	g.duration.Collect(ch)
+	c.scrapeErrors.Collect(ch)
+}
+
+// partsOf names the parts of the aggregates a metric comes from, so that a
+// failed read leaves out its metrics rather than reporting zeros.
+func partsOf(name string) [2]string {
+	switch name {
+	case "sockaccel_attached":
+		return [2]string{partLink}
+	case "sockaccel_sockhash_entries":
+		return [2]string{partSockhash}
+	case "sockaccel_conntrack_entries", "sockaccel_conntrack_entries_limit", "sockaccel_connections_retired_total", "sockaccel_conntrack_gc_runs_total":
+		return [2]string{partConntrack}
+	case "sockaccel_conntrack_closed_total":
+		return [2]string{partConntrack, partStats}
+	case "sockaccel_learned_exclusions":
+		return [2]string{partLearned}
+	case "sockaccel_sockhash_entries_limit":
+		return [2]string{}
+	}
+	return [2]string{partStats}
+}
+
+// aggregates reads the daemon's state from the maps it holds open, without
+// opening pins or walking the cgroup tree: what /metrics and the TCP
+// /status serve. Each part that failed is in failed; the rest is valid.
+func (a *Accelerator) aggregates() (s Status, failed map[string]error) {
+	failed = map[string]error{}
+	s = Status{PinDir: a.cfg.PinDir, KernelProbes: []KernelProbe{}, LearnedExclusions: []LearnedExclusion{}}
+	if id, err := a.sockOpsCgroupID(); err != nil {
+		failed[partLink] = err
+	} else {
+		s.Attached = id != 0
+		s.CgroupID = id
+		if id != 0 && id == a.cgroupID {
+			s.Cgroup = a.cfg.Cgroup.Path
+		}
+	}
+	s.MaxConns = a.objs.SaSockhash.MaxEntries() / 2
+	if n, err := countKeys(a.objs.SaSockhash); err != nil {
+		failed[partSockhash] = fmt.Errorf("count sockhash entries: %w", err)
+	} else {
+		s.SockhashEntries = n
+	}
+	if ct, err := a.conntrackSummary(); err != nil {
+		failed[partConntrack] = err
+	} else {
+		s.Conntrack = ct
+	}
+	if st, err := readStats(a.objs.SaStats); err != nil {
+		failed[partStats] = err
+	} else {
+		s.Stats = st
+	}
+	if n, err := countKeys(a.objs.SaLearned); err != nil {
+		failed[partLearned] = fmt.Errorf("count learned exclusions: %w", err)
+	} else {
+		s.LearnedExclusionsCount = int(n)
+	}
+	return s, failed
+}
+
+// MetricNames lists the names of the metrics the Collector exposes (a
+// histogram by its base name), for checking dashboards and alert rules.
+func MetricNames() []string {
+	names := []string{"sockaccel_build_info", "sockaccel_program_attached", "sockaccel_healthy",
+		"sockaccel_conntrack_gc_running_seconds", "sockaccel_scrape_errors_total", "sockaccel_conntrack_gc_duration_seconds"}
+	for _, m := range counters {
+		names = append(names, m.name)
+	}
+	return names
 }

@@ -27,6 +27,9 @@ type Status struct {
 	// Services kept on TCP after a stalled splice, a misread urgent byte
 	// or FIONREAD; pinned, so they outlive restarts until cleanup.
 	LearnedExclusions []LearnedExclusion `json:"learned_exclusions"`
+	// How many learned exclusions there are: the one thing about them the
+	// daemon's TCP /status shows (it lists no services).
+	LearnedExclusionsCount int `json:"learned_exclusions_count"`
 	// What the behaviour probes found on this kernel when the daemon first
 	// started after boot (or since cleanup), with the policy of its last
 	// start; empty when nothing was probed.
@@ -179,6 +182,7 @@ func ReadStatus(pinDir string) (Status, error) {
 			return s, err
 		}
 		s.LearnedExclusions = learned
+		s.LearnedExclusionsCount = len(learned)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return s, fmt.Errorf("load pinned learned exclusions: %w", err)
 	}
@@ -233,8 +237,103 @@ func readConntrack(pinDir string) (Conntrack, error) {
 	return ct, nil
 }
 
-// Status reads the running daemon's view, as ReadStatus does from pins.
-func (a *Accelerator) Status() (Status, error) { return ReadStatus(a.cfg.PinDir) }
+// Status reads the running daemon's view, what ReadStatus reads from the
+// pins, from the maps the daemon holds. It lists the learned exclusions with
+// their cgroups' paths, which walks the cgroup tree once per excluded
+// cgroup: it serves the root-only API socket, not scrapes.
+func (a *Accelerator) Status() (Status, error) {
+	s, err := a.AggregateStatus()
+	if err != nil {
+		return s, err
+	}
+	if s.CgroupID != 0 && s.Cgroup == "" {
+		// Attached elsewhere than the daemon put it: say where.
+		if root, err := cgroup.V2Root(); err == nil {
+			s.Cgroup, _ = cgroup.PathByID(root, s.CgroupID)
+		}
+	}
+	learned, err := readLearned(a.objs.SaLearned)
+	if err != nil {
+		return s, err
+	}
+	s.LearnedExclusions = learned
+	s.LearnedExclusionsCount = len(learned)
+	return s, nil
+}
+
+// AggregateStatus is Status without the learned exclusions' rows (their
+// count stays): counters and sizes only, read from the maps the daemon
+// holds without opening a pin or walking the cgroup tree, except for the
+// stored kernel probe results.
+func (a *Accelerator) AggregateStatus() (Status, error) {
+	s, failed := a.aggregates()
+	for _, part := range []string{partLink, partSockhash, partConntrack, partStats, partLearned} {
+		if err := failed[part]; err != nil {
+			return s, err
+		}
+	}
+	if b, ok, err := readBehaviour(a.cfg.PinDir); err != nil {
+		return s, err
+	} else if ok {
+		s.KernelProbes = b.Probes
+		s.KernelProbesKernel = b.Kernel
+		s.KernelProbesAt = b.ProbedAt.Format(time.RFC3339Nano)
+	}
+	return s, nil
+}
+
+// conntrackSummary is readConntrack from the maps the daemon holds.
+func (a *Accelerator) conntrackSummary() (Conntrack, error) {
+	var ct Conntrack
+	var cfg accelAccelConfig
+	if err := a.objs.SaConfig.Lookup(uint32(0), &cfg); err != nil {
+		return ct, fmt.Errorf("read config: %w", err)
+	}
+	ct.Enabled = cfg.Flags&uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK) == 0
+	n, err := countConntrack(a.objs.SaConntrack)
+	if err != nil {
+		return ct, fmt.Errorf("count conntrack entries: %w", err)
+	}
+	ct.Entries = n
+	ct.Capacity = a.objs.SaConntrack.MaxEntries()
+	if ct.Capacity > 0 {
+		ct.Load = float64(n) / float64(ct.Capacity)
+	}
+	var g accelGcState
+	if err := a.objs.SaGc.Lookup(uint32(0), &g); err != nil {
+		return ct, fmt.Errorf("read gc state: %w", err)
+	}
+	ct.ClosedGC, ct.GCRuns, ct.Retired, ct.Lonely = g.ClosedGc, g.GcRuns, g.Retired, g.Lonely
+	return ct, nil
+}
+
+// countBatch is how many conntrack entries one batch syscall reads.
+const countBatch = 256
+
+// countConntrack counts conntrack entries a batch at a time: one syscall per
+// countBatch entries instead of one per entry. Kernels or maps without batch
+// lookups fall back to walking the keys.
+func countConntrack(m *ebpf.Map) (uint64, error) {
+	keys := make([]accelSockKey, countBatch)
+	vals := make([]accelCtEntry, countBatch)
+	var (
+		cursor ebpf.MapBatchCursor
+		n      uint64
+	)
+	for {
+		got, err := m.BatchLookup(&cursor, keys, vals, nil)
+		n += uint64(got)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return countKeys(m)
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
 
 // Stats reads the running daemon's counters.
 func (a *Accelerator) Stats() (Stats, error) { return readStats(a.objs.SaStats) }

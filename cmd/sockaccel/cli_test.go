@@ -13,7 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -78,6 +78,10 @@ func TestBadInput(t *testing.T) {
 	cg := testenv.TempCgroup(t)
 	pin := testenv.TempPinDir(t)
 	notBPFFS := t.TempDir()
+	notSocket := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notSocket, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	v1 := "/sys/fs/cgroup/cpu"
 	if _, err := os.Stat(filepath.Join(v1, "cgroup.procs")); err != nil {
 		// This machine (and CI) runs hybrid mode with v1 controllers.
@@ -102,6 +106,8 @@ func TestBadInput(t *testing.T) {
 		{"bad log level", []string{"--cgroup", cg.Path, "--log-level", "loud"}, "invalid --log-level"},
 		{"bad metrics addr", []string{"--cgroup", cg.Path, "--metrics-addr", "256.1.1.1:80"}, "--metrics-addr"},
 		{"bad gc interval", []string{"--cgroup", cg.Path, "--gc-interval", "-1s"}, "invalid --gc-interval"},
+		{"bad http max requests", []string{"--cgroup", cg.Path, "--http-max-requests", "0"}, "invalid --http-max-requests"},
+		{"api socket path taken", []string{"--cgroup", cg.Path, "--api-socket", notSocket}, "is not a socket"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -110,6 +116,10 @@ func TestBadInput(t *testing.T) {
 			args := append([]string{"run"}, c.args...)
 			if !strings.Contains(strings.Join(c.args, " "), "--metrics-addr") {
 				args = append(args, "--metrics-addr=")
+			}
+			// Never the default socket in /run: a daemon may serve there.
+			if !strings.Contains(strings.Join(c.args, " "), "--api-socket") {
+				args = append(args, "--api-socket=")
 			}
 			if !strings.Contains(strings.Join(c.args, " "), "--pin-dir") {
 				args = append(args, "--pin-dir", pin)
@@ -183,12 +193,23 @@ func (b *syncBuffer) String() string {
 type daemon struct {
 	*exec.Cmd
 	log *syncBuffer
+	api string // its API socket
 }
 
 // startDaemon runs "sockaccel run" and waits until it reports that it is
-// accelerating.
+// accelerating. Its API socket is in a temporary directory, unless args
+// name one.
 func startDaemon(t *testing.T, args ...string) daemon {
 	t.Helper()
+	api := filepath.Join(t.TempDir(), "run", "sockaccel.sock")
+	for i, a := range args {
+		if a == "--api-socket" && i+1 < len(args) {
+			api = args[i+1]
+		}
+	}
+	if !slices.Contains(args, "--api-socket") {
+		args = append(args, "--api-socket", api)
+	}
 	cmd := exec.Command(sockaccelBin, append([]string{"run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0"}, args...)...)
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
@@ -211,7 +232,7 @@ func startDaemon(t *testing.T, args ...string) daemon {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return daemon{cmd, stderr}
+	return daemon{cmd, stderr, api}
 }
 
 // The daemon's whole life through the CLI: run, status, kill -9 with live
@@ -449,6 +470,9 @@ func TestKillDuringTransfer(t *testing.T) {
 	d2.Wait()
 }
 
+// What the TCP listener serves, to anyone on the host: Prometheus metrics
+// (text and OpenMetrics; TestMetricsPromtool lints them), health, and a
+// /status of aggregates; no per-connection data.
 func TestMetricsEndpoint(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	cg := testenv.TempCgroup(t)
@@ -456,53 +480,53 @@ func TestMetricsEndpoint(t *testing.T) {
 	ns := testenv.NewNetns(t)
 	in := testenv.Endpoint{Netns: ns, Cgroup: &cg}
 	d := startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin, wideBound)
-	m := regexp.MustCompile(`"msg":"serving metrics","addr":"([^"]+)"`).FindStringSubmatch(d.log.String())
-	if m == nil {
-		t.Fatalf("daemon did not log its metrics address: %s", d.log.String())
-	}
-	base := "http://" + m[1]
+	base := "http://" + metricsAddr(t, d)
 
 	ln := in.Listen(t, "tcp4", "127.0.0.1:9003")
 	pairs := testenv.Connect(t, in, ln, "tcp4", "127.0.0.1:9003", 2)
 	testenv.ExchangeAll(t, pairs[:1], 1<<20, 1<<20, 1)
 
-	get := func(path string) string {
-		resp, err := http.Get(base + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			t.Fatalf("GET %s: %s: %s", path, resp.Status, body)
-		}
-		return string(body)
-	}
-	metrics := get("/metrics")
+	metrics := httpGet(t, base+"/metrics", nil, 200)
 	for _, want := range []string{
 		"sockaccel_attached 1",
-		"sockaccel_msg_redirected_bytes_total 2097152",
+		"sockaccel_msg_redirected_bytes_total 2.097152e+06",
 		"sockaccel_conntrack_entries 1",
 		`sockaccel_conntrack_closed_total{by="close_callback"} 1`,
 		`sockaccel_sockets_not_accelerated_total{reason="map_full"} 0`,
+		`sockaccel_program_attached{program="sock_ops"} 1`,
+		"sockaccel_healthy 1",
+		"sockaccel_scrape_errors_total{part=\"stats\"} 0",
+		"sockaccel_conntrack_gc_duration_seconds_count",
+		"process_resident_memory_bytes",
+		"go_goroutines",
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, metrics)
 		}
 	}
+	checkLegacyMetrics(t, metrics)
+
+	om := httpGet(t, base+"/metrics", http.Header{"Accept": {"application/openmetrics-text; version=1.0.0"}}, 200)
+	if !strings.HasSuffix(om, "# EOF\n") || !strings.Contains(om, "# TYPE sockaccel_msg_redirected_bytes counter\n") || !strings.Contains(om, "sockaccel_msg_redirected_bytes_total 2.097152e+06") {
+		t.Errorf("OpenMetrics scrape does not end in # EOF or lacks the counter:\n%s", om)
+	}
+
 	var st map[string]any
-	if err := json.Unmarshal([]byte(get("/status")), &st); err != nil || st["redirected_bytes"] != float64(2<<20) {
+	if err := json.Unmarshal([]byte(httpGet(t, base+"/status", nil, 200)), &st); err != nil || st["redirected_bytes"] != float64(2<<20) {
 		t.Errorf("/status: %v %v", err, st)
 	}
-	var conns []map[string]any
-	if err := json.Unmarshal([]byte(get("/conns")), &conns); err != nil || len(conns) != 1 {
-		t.Errorf("/conns: %v %v", err, conns)
+	if _, ok := st["learned_exclusions"]; ok {
+		t.Errorf("TCP /status lists learned exclusions (services, cgroups, processes): %v", st)
 	}
-	if got := get("/healthz"); got != "ok\n" {
+	if _, ok := st["learned_exclusions_count"]; !ok {
+		t.Errorf("TCP /status lacks learned_exclusions_count: %v", st)
+	}
+	httpGet(t, base+"/conns", nil, 404)
+	if got := httpGet(t, base+"/healthz", nil, 200); got != "ok\n" {
 		t.Errorf("/healthz: %q", got)
 	}
 	// A client that never finishes its request is cut off, not held.
-	slow, err := net.Dial("tcp", m[1])
+	slow, err := net.Dial("tcp", metricsAddr(t, d))
 	if err != nil {
 		t.Fatal(err)
 	}

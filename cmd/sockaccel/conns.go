@@ -21,38 +21,15 @@ func runConns(args []string) error {
 	fs := newFlagSet("conns")
 	asJSON := fs.Bool("json", false, "print a JSON array (keys are stable for scripts)")
 	pinDir := fs.String("pin-dir", accel.DefaultPinDir, "bpffs directory sockaccel pins into")
+	apiSocket := fs.String("api-socket", DefaultAPISocket, "the daemon's unix socket, asked when a daemon serves --pin-dir there; otherwise the pins are read")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	path := filepath.Join(*pinDir, accel.ConntrackMapName)
-	m, err := ebpf.LoadPinnedMap(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("no conntrack map at %s: is sockaccel running with --pin-dir %s?", path, *pinDir)
-	}
-	if err != nil {
-		return fmt.Errorf("open conntrack map %s: %w", path, err)
-	}
-	defer m.Close()
-	conns, err := accel.ListConns(m)
+	conns, err := readConns(*apiSocket, *pinDir)
 	if err != nil {
 		return err
 	}
 	sort.Slice(conns, func(i, j int) bool { return conns[i].Age > conns[j].Age })
-	root, _ := cgroup.V2Root()
-	names := map[uint64]string{}
-	for i := range conns {
-		conns[i].Cgroups = make([]string, 0, len(conns[i].CgroupIDs))
-		for _, id := range conns[i].CgroupIDs {
-			name, ok := names[id]
-			if !ok && root != "" {
-				if p, err := cgroup.PathByID(root, id); err == nil {
-					name = cgroup.Target{Path: p, Root: root}.Rel()
-				}
-				names[id] = name
-			}
-			conns[i].Cgroups = append(conns[i].Cgroups, name)
-		}
-	}
 	if *asJSON {
 		if conns == nil {
 			conns = []accel.Conn{}
@@ -73,4 +50,64 @@ func runConns(args []string) error {
 	}
 	fmt.Fprintf(w, "%d connections\n", len(conns))
 	return w.Flush()
+}
+
+// readConns asks the running daemon, or reads the pins when none serves
+// pinDir on socket. The daemon streams the rows; this process holds them all
+// to sort them.
+func readConns(socket, pinDir string) ([]accel.Conn, error) {
+	body, ok, err := apiGet(socket, "/conns", pinDir)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		defer body.Close()
+		var conns []accel.Conn
+		if err := json.NewDecoder(body).Decode(&conns); err != nil {
+			return nil, fmt.Errorf("read connections from %s: %w", socket, err)
+		}
+		for i := range conns {
+			conns[i].Age = time.Duration(conns[i].AgeSeconds * float64(time.Second))
+		}
+		return conns, nil
+	}
+	path := filepath.Join(pinDir, accel.ConntrackMapName)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no conntrack map at %s: is sockaccel running with --pin-dir %s?", path, pinDir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open conntrack map %s: %w", path, err)
+	}
+	defer m.Close()
+	conns, err := accel.ListConns(m)
+	if err != nil {
+		return nil, err
+	}
+	names := cgroupNames()
+	for i := range conns {
+		conns[i].Cgroups = names(conns[i].CgroupIDs)
+	}
+	return conns, nil
+}
+
+// cgroupNames returns a function that names cgroups by id, relative to the
+// v2 root ("" for one gone), looking each id up once.
+func cgroupNames() func(ids []uint64) []string {
+	root, _ := cgroup.V2Root()
+	names := map[uint64]string{}
+	return func(ids []uint64) []string {
+		out := make([]string, 0, len(ids))
+		for _, id := range ids {
+			name, ok := names[id]
+			if !ok && root != "" {
+				if p, err := cgroup.PathByID(root, id); err == nil {
+					name = cgroup.Target{Path: p, Root: root}.Rel()
+				}
+				names[id] = name
+			}
+			out = append(out, name)
+		}
+		return out
+	}
 }

@@ -5,6 +5,7 @@ package main
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -25,7 +26,7 @@ func TestOneDaemonPerPinDir(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	cg := testenv.TempCgroup(t)
 	pin := testenv.TempPinDir(t)
-	args := []string{"run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0", "--cgroup", cg.Path, "--pin-dir", pin, wideBound}
+	args := []string{"run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0", "--api-socket", filepath.Join(t.TempDir(), "sockaccel.sock"), "--cgroup", cg.Path, "--pin-dir", pin, wideBound}
 
 	type proc struct {
 		cmd  *exec.Cmd

@@ -134,6 +134,9 @@ func defaultsOf(fs *flag.FlagSet) *flag.FlagSet {
 		case uint:
 			n, _ := strconv.ParseUint(f.DefValue, 10, 0)
 			c.Uint(f.Name, uint(n), f.Usage)
+		case int:
+			n, _ := strconv.Atoi(f.DefValue)
+			c.Int(f.Name, n, f.Usage)
 		case time.Duration:
 			d, _ := time.ParseDuration(f.DefValue)
 			c.Duration(f.Name, d, f.Usage)

@@ -29,7 +29,9 @@ func runDaemon(args []string) error {
 	detect := fs.Bool("detect", true, "watch syscall entry for splice, recv(MSG_WAITALL) and MSG_OOB on accelerated sockets and take those connections off the fast path")
 	learnSplice := fs.Bool("learn-splice", true, "when an application's splice stalls on an accelerated connection, exclude that connection's server port from then on")
 	conservative := fs.Bool("conservative", true, "leave connections whose connect()ing socket is blocking on TCP: on the fast path, a blocking recv after the socket's own shutdown(SHUT_WR) can see EAGAIN (kernel); =false accelerates them too")
-	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "listen address for /metrics, /status, /conns and /healthz; empty disables")
+	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "TCP listen address for /metrics, /healthz and the aggregate /status (what any local user may see); empty disables")
+	apiSocket := fs.String("api-socket", DefaultAPISocket, "unix socket (0600, directory 0700, root only) for /conns, the detailed /status and /healthz, used by 'sockaccel status' and 'conns'; empty disables")
+	maxRequests := fs.Int("http-max-requests", DefaultMaxRequests, "requests each listener serves at once; more get 503 with Retry-After")
 	cleanupOnExit := fs.Bool("cleanup-on-exit", false, "on SIGINT/SIGTERM stop accelerating new connections and remove the pins once the accelerated ones have closed")
 	cleanupTimeout := fs.Duration("cleanup-timeout", accel.DefaultDrainTimeout, "with --cleanup-on-exit: how long to wait for accelerated connections to close (then everything stays in place)")
 	configPath := fs.String("config", "", "YAML file whose keys are these flags' names (flags given here override it; SIGHUP re-reads it); default: none")
@@ -81,6 +83,15 @@ func runDaemon(args []string) error {
 		}
 		defer httpLn.Close()
 	}
+	var apiLn net.Listener
+	if *apiSocket != "" {
+		apiLn, err = listenAPI(*apiSocket)
+		if err != nil {
+			lock.Release()
+			return fmt.Errorf("listen on --api-socket %s: %w", *apiSocket, err)
+		}
+		defer apiLn.Close()
+	}
 
 	if err := rlimit.RemoveMemlock(); err != nil {
 		lock.Release()
@@ -107,17 +118,23 @@ func runDaemon(args []string) error {
 	defer a.Close()
 	// Serving before the "accelerating" line: that line is what operators
 	// and tests wait for, and everything must be up by then.
-	var httpDone <-chan error
+	var httpDone []<-chan error
 	if httpLn != nil {
-		httpDone = serve(ctx, httpLn, a, log.Named("http"))
+		httpDone = append(httpDone, serveMetrics(ctx, httpLn, a, *maxRequests, log.Named("http")))
 		log.Info("serving metrics", zap.Stringer("addr", httpLn.Addr()))
 	}
+	if apiLn != nil {
+		httpDone = append(httpDone, serveAPI(ctx, apiLn, a, *maxRequests, log.Named("api")))
+		log.Info("serving api", zap.String("socket", *apiSocket))
+	}
 	defer func() {
-		if httpDone != nil {
-			// The server stops when ctx ends; on an error return
+		if len(httpDone) > 0 {
+			// The servers stop when ctx ends; on an error return
 			// nobody has cancelled it yet.
 			stop()
-			<-httpDone
+			for _, done := range httpDone {
+				<-done
+			}
 		}
 	}()
 
