@@ -193,6 +193,9 @@ func (a *Accelerator) validate() error {
 		if err != nil {
 			return fmt.Errorf("pinned link %s: %w", path, err)
 		}
+		if got == staleCgroupID {
+			continue // replaced by attachCgroup
+		}
 		if got != want {
 			return fmt.Errorf("sockaccel is already attached to another cgroup (id %d) through %s; run 'sockaccel cleanup --pin-dir %s' first",
 				got, a.cfg.PinDir, a.cfg.PinDir)
@@ -403,6 +406,9 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 			l.Close()
 			return err
 		}
+		if got == staleCgroupID {
+			return a.replaceStaleLink(l, path, attach, prog)
+		}
 		if got != want {
 			l.Close()
 			return fmt.Errorf("sockaccel is already attached to another cgroup (id %d) through %s; run 'sockaccel cleanup --pin-dir %s' first",
@@ -435,6 +441,35 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 	}
 	a.links = append(a.links, l)
 	a.log.Info("attached to cgroup", zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+	return nil
+}
+
+// staleCgroupID is what a cgroup link reports once its cgroup has been
+// removed: the kernel detaches the program and the pinned link stays behind,
+// attached to nothing.
+const staleCgroupID = 0
+
+// replaceStaleLink attaches prog to the target cgroup and pins the new link
+// where stale, a link whose cgroup is gone, was pinned. Nothing is lost: the
+// stale link reached no socket any more, and the sockhash and sk_msg, which
+// carry the live connections, are untouched.
+func (a *Accelerator) replaceStaleLink(stale link.Link, path string, attach ebpf.AttachType, prog *ebpf.Program) error {
+	defer stale.Close()
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: a.cfg.Cgroup.Path, Attach: attach, Program: prog})
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: %w", attach, a.cfg.Cgroup.Path, err)
+	}
+	if err := stale.Unpin(); err != nil {
+		l.Close()
+		return fmt.Errorf("unpin stale link %s: %w", path, err)
+	}
+	if err := l.Pin(path); err != nil {
+		l.Close()
+		return fmt.Errorf("pin %s link (needs cgroup bpf_link, Linux 5.7+): %w", attach, err)
+	}
+	a.links = append(a.links, l)
+	a.log.Warn("replaced stale pinned link: the cgroup it was attached to is gone",
+		zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 	return nil
 }
 
