@@ -3,6 +3,7 @@
 package accel
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -30,6 +31,9 @@ func EnsureBPFFS(pinDir string) error {
 			return fmt.Errorf("check %s: %w", DefaultBPFFS, err)
 		}
 		if !onBPFFS {
+			if err := checkMountVisible(DefaultBPFFS); err != nil {
+				return err
+			}
 			if err := os.MkdirAll(DefaultBPFFS, 0o755); err != nil {
 				return fmt.Errorf("create %s: %w", DefaultBPFFS, err)
 			}
@@ -68,4 +72,50 @@ func existingAncestor(path string) string {
 		}
 		path = parent
 	}
+}
+
+// ErrPrivateBPFFS: bpffs would have to be mounted in a mount namespace the
+// host does not see (a systemd service with ProtectSystem= or similar), so
+// every pin would die with the service.
+var ErrPrivateBPFFS = errors.New("bpffs would be private to this process's mount namespace")
+
+// checkMountVisible refuses to mount at dir when a mount made there would
+// not reach the host: the mount holding dir is a slave ("master:N" in
+// mountinfo), as in the private mount namespace systemd gives a service
+// with ProtectSystem=, PrivateTmp= and the like. In the host's own namespace
+// mounts are shared (systemd) or private (no systemd), never slaves.
+func checkMountVisible(dir string) error {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("read mountinfo: %w", err)
+	}
+	defer f.Close()
+	best, slave := "", false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// id parent major:minor root mountpoint options [optional...] - ...
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 7 {
+			continue
+		}
+		mp := fields[4]
+		if !(mp == "/" || dir == mp || strings.HasPrefix(dir, mp+"/")) || len(mp) < len(best) {
+			continue
+		}
+		best, slave = mp, false
+		for _, opt := range fields[6:] {
+			if opt == "-" {
+				break
+			}
+			slave = slave || strings.HasPrefix(opt, "master:")
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read mountinfo: %w", err)
+	}
+	if slave {
+		return fmt.Errorf("%w: nothing is mounted at %s on the host and this process runs in a mount namespace of its own (mount %s is a slave), so pins would die with it; mount bpffs at %s on the host (systemd: sys-fs-bpf.mount) and start again",
+			ErrPrivateBPFFS, dir, best, dir)
+	}
+	return nil
 }
