@@ -361,7 +361,7 @@ func (a *Accelerator) attachDetect() error {
 	if a.cfg.DisableDetect {
 		a.log.Info("use detection off: splice, MSG_WAITALL and MSG_OOB are not watched")
 	} else {
-		a.log.Info("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"),
+		a.log.Debug("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"),
 			zap.Bool("fionread", a.cfg.DetectFIONREAD))
 	}
 	return nil
@@ -387,7 +387,7 @@ func (a *Accelerator) attachSkMsg() error {
 	if err := a.objs.SockaccelRedirect.Pin(path); err != nil {
 		return fmt.Errorf("pin sk_msg program: %w", err)
 	}
-	a.log.Info("attached sk_msg", zap.String("map", accelMapSaSockhash))
+	a.log.Debug("attached sk_msg", zap.String("map", accelMapSaSockhash))
 	return nil
 }
 
@@ -419,7 +419,7 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 			return fmt.Errorf("update pinned link %s: %w", path, err)
 		}
 		a.links = append(a.links, l)
-		a.log.Info("adopted cgroup link", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+		a.log.Debug("adopted cgroup link", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 		return nil
 	case !errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("load pinned link %s: %w", path, err)
@@ -440,7 +440,7 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 		return fmt.Errorf("pin %s link (needs cgroup bpf_link, Linux 5.7+): %w", attach, err)
 	}
 	a.links = append(a.links, l)
-	a.log.Info("attached to cgroup", zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+	a.log.Debug("attached to cgroup", zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 	return nil
 }
 

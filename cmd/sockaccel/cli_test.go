@@ -118,6 +118,9 @@ func TestBadInput(t *testing.T) {
 			if r.code == 0 {
 				t.Fatalf("exit 0 for bad input; stderr %q", r.stderr)
 			}
+			if r.code != exitConfig {
+				t.Errorf("exit %d for bad input, want %d (configuration error: no restart); stderr %q", r.code, exitConfig, r.stderr)
+			}
 			lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
 			if len(lines) != 1 {
 				t.Errorf("want one line on stderr, got %d: %q", len(lines), r.stderr)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os/signal"
@@ -41,45 +42,50 @@ func runDaemon(args []string) error {
 	// nothing behind.
 	log, err := newLogger(*logFormat, *logLevel)
 	if err != nil {
-		return err
+		return asConfig(err)
 	}
 	defer log.Sync() //nolint:errcheck // stderr sync fails on pipes
 	ports, err := parsePorts(*excludePorts)
 	if err != nil {
-		return err
+		return asConfig(err)
 	}
 	cidrs, err := parseCIDRs(*excludeCIDRs)
 	if err != nil {
-		return err
+		return asConfig(err)
 	}
 	if *maxConns == 0 || *maxConns > 1<<24 {
-		return fmt.Errorf("invalid --max-conns %d (want 1-16777216)", *maxConns)
+		return asConfig(fmt.Errorf("invalid --max-conns %d (want 1-16777216)", *maxConns))
 	}
 	if *backlogBytes > 1<<31 {
-		return fmt.Errorf("invalid --backlog-bytes %d (want 0-2147483648)", *backlogBytes)
+		return asConfig(fmt.Errorf("invalid --backlog-bytes %d (want 0-2147483648)", *backlogBytes))
 	}
 	if *gcInterval <= 0 {
-		return fmt.Errorf("invalid --gc-interval %s (want a positive duration)", *gcInterval)
+		return asConfig(fmt.Errorf("invalid --gc-interval %s (want a positive duration)", *gcInterval))
 	}
 	target, err := cgroup.Resolve(*cgroupPath)
 	if err != nil {
-		return err
+		return asConfig(err)
 	}
 	excludedCgroups, err := parseCgroups(*excludeCgroups)
 	if err != nil {
-		return err
+		return asConfig(err)
 	}
 	// Catch signals before attaching, so a stop request during start-up
 	// still runs the orderly shutdown below.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// systemctl reload sends SIGHUP: caught from here on, never fatal.
+	catchSIGHUP(ctx, log)
 
 	// One daemon per pin dir: the lock comes first, so that a second run
 	// says so (rather than that the metrics address is taken) and changes
 	// nothing. accel.New takes it over and holds it until a.Close.
 	lock, err := accel.LockPinDir(*pinDir)
 	if err != nil {
-		return err
+		if errors.Is(err, accel.ErrLocked) {
+			return err
+		}
+		return asConfig(err) // pin dir refused (owner, mode, symlink, not bpffs)
 	}
 
 	// Listen before attaching: a bad address must leave nothing behind.
@@ -88,7 +94,11 @@ func runDaemon(args []string) error {
 		httpLn, err = net.Listen("tcp", *metricsAddr)
 		if err != nil {
 			lock.Release()
-			return fmt.Errorf("listen on --metrics-addr %s: %w", *metricsAddr, err)
+			err = fmt.Errorf("listen on --metrics-addr %s: %w", *metricsAddr, err)
+			if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) {
+				return err // may be free or assigned by the next try
+			}
+			return asConfig(err)
 		}
 		defer httpLn.Close()
 	}
@@ -132,7 +142,12 @@ func runDaemon(args []string) error {
 		}
 	}()
 
+	// The one start-up summary line: what the component loggers said on
+	// the way is at debug level.
 	log.Info("accelerating",
+		zap.String("kernel", kernelRelease()),
+		zap.String("kernel_probes", probeSummary(a.KernelBehaviour())),
+		zap.String("maps", mapsOrigin(a.Adopted())),
 		zap.String("cgroup", target.Path),
 		zap.String("pin_dir", *pinDir),
 		zap.Uint("max_conns", *maxConns),
@@ -145,6 +160,9 @@ func runDaemon(args []string) error {
 		zap.Bool("learn_splice", *learnSplice),
 		zap.Bool("adopted", a.Adopted()),
 		zap.String("version", version))
+
+	supervised := supervise(ctx, a, log)
+	defer func() { stop(); <-supervised }()
 
 	go func() {
 		if err := a.RunEvents(ctx); err != nil {
