@@ -192,7 +192,24 @@ type daemon struct {
 // accelerating.
 func startDaemon(t *testing.T, args ...string) daemon {
 	t.Helper()
+	d := launchDaemon(t, nil, args...)
+	cmd, stderr := d.Cmd, d.log
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stderr.String(), `"msg":"accelerating"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not ready within 30s; log:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return daemon{cmd, stderr}
+}
+
+// launchDaemon starts "sockaccel run" with env added to the environment;
+// it is killed at cleanup if still running.
+func launchDaemon(t *testing.T, env []string, args ...string) daemon {
+	t.Helper()
 	cmd := exec.Command(sockaccelBin, append([]string{"run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
@@ -207,13 +224,6 @@ func startDaemon(t *testing.T, args ...string) daemon {
 			t.Logf("daemon log:\n%s", stderr.String())
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(stderr.String(), `"msg":"accelerating"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon not ready within 30s; log:\n%s", stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	return daemon{cmd, stderr}
 }
 

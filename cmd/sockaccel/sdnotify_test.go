@@ -2,8 +2,6 @@ package main
 
 import (
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -27,23 +25,8 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	defer conn.Close()
 
-	cmd := exec.Command(sockaccelBin, "run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0",
-		"--cgroup", cg.Path, "--pin-dir", pin)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=600000")
-	log := &syncBuffer{}
-	cmd.Stderr = log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", log.String())
-		}
-	})
+	d := launchDaemon(t, []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=600000"}, "--cgroup", cg.Path, "--pin-dir", pin)
+	cmd, log := d.Cmd, d.log
 
 	// next returns the next notification, failing after d.
 	next := func(d time.Duration) string {
