@@ -80,17 +80,18 @@ func existingAncestor(path string) string {
 var ErrPrivateBPFFS = errors.New("bpffs would be private to this process's mount namespace")
 
 // checkMountVisible refuses to mount at dir when a mount made there would
-// not reach the host: the mount holding dir is a slave ("master:N" in
-// mountinfo), as in the private mount namespace systemd gives a service
-// with ProtectSystem=, PrivateTmp= and the like. In the host's own namespace
-// mounts are shared (systemd) or private (no systemd), never slaves.
+// not reach the host: dir lies on a slave mount, or below one ("master:N" in
+// mountinfo), as in the private mount namespace systemd gives a service with
+// ProtectSystem=, PrivateTmp= and the like (even a tmpfs mounted there
+// afterwards sits below the slave root). In the host's own namespace mounts
+// are shared (systemd) or private (no systemd), never slaves.
 func checkMountVisible(dir string) error {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return fmt.Errorf("read mountinfo: %w", err)
 	}
 	defer f.Close()
-	best, slave := "", false
+	slave := ""
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		// id parent major:minor root mountpoint options [optional...] - ...
@@ -99,23 +100,24 @@ func checkMountVisible(dir string) error {
 			continue
 		}
 		mp := fields[4]
-		if !(mp == "/" || dir == mp || strings.HasPrefix(dir, mp+"/")) || len(mp) < len(best) {
+		if !(mp == "/" || dir == mp || strings.HasPrefix(dir, mp+"/")) || len(mp) < len(slave) {
 			continue
 		}
-		best, slave = mp, false
 		for _, opt := range fields[6:] {
 			if opt == "-" {
 				break
 			}
-			slave = slave || strings.HasPrefix(opt, "master:")
+			if strings.HasPrefix(opt, "master:") {
+				slave = mp
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("read mountinfo: %w", err)
 	}
-	if slave {
+	if slave != "" {
 		return fmt.Errorf("%w: nothing is mounted at %s on the host and this process runs in a mount namespace of its own (mount %s is a slave), so pins would die with it; mount bpffs at %s on the host (systemd: sys-fs-bpf.mount) and start again",
-			ErrPrivateBPFFS, dir, best, dir)
+			ErrPrivateBPFFS, dir, slave, dir)
 	}
 	return nil
 }
