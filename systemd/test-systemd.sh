@@ -287,6 +287,31 @@ inside systemctl daemon-reload
 inside systemctl reset-failed sockaccel.service
 inside systemctl start sockaccel.service
 
+echo "== start limits stop a failure a restart cannot fix"
+since=$(inside date '+%Y-%m-%d %H:%M:%S')
+# The metrics port taken: exit 1 (a restart may help), so systemd retries
+# every RestartSec= until StartLimitBurst= starts within
+# StartLimitIntervalSec=, then gives up.
+inside systemctl stop sockaccel.service
+inside systemd-run -q --unit=sa-port python3 -c 'import socket, time
+s = socket.create_server(("127.0.0.1", 9471)); time.sleep(600)'
+sleep 0.5
+inside systemctl start sockaccel.service 2>/dev/null && fail "started with its metrics port taken"
+limit=
+for _ in $(seq 60); do
+	limit=$(inside journalctl -u sockaccel.service --since "$since" --no-pager -o cat | grep -i 'start request repeated too quickly' || true)
+	[ -n "$limit" ] && break
+	sleep 0.5
+done
+[ -n "$limit" ] || fail "still restarting ($(show NRestarts) restarts, result $(show Result)), no start limit"
+n=$(show NRestarts)
+sleep 5 # two RestartSec= periods
+[ "$(show NRestarts)" = "$n" ] || fail "restarted after the start limit"
+pass "exit $(show ExecMainStatus), $n restarts, then '$limit' and no more"
+inside systemctl stop sa-port
+inside systemctl reset-failed sockaccel.service
+inside systemctl start sockaccel.service
+
 echo "== bpffs private to a service's mount namespace"
 out=$(timeout 60 nsenter -t "$leader" -a systemd-run -q --wait --pipe -p RuntimeMaxSec=20 -p TemporaryFileSystem=/sys/fs/bpf \
 	/usr/bin/sockaccel run --metrics-addr= </dev/null 2>&1 || true)
