@@ -216,7 +216,10 @@ transfer_start t1 5001 64 0
 res=$(transfer_check t1)
 after=$(status_json | jget redirected_bytes)
 redirected=$((after - before))
-((redirected > 48 * 1024 * 1024)) || fail "only $redirected bytes redirected for a 64 MiB transfer"
+# Not all of it: bytes the client sends before the server's end is in the
+# sockhash take TCP, and the direction stays there until they are read
+# (README, Ordering); 50 to 64 MiB of 64 were redirected in runs here.
+((redirected > 32 * 1024 * 1024)) || fail "only $redirected bytes redirected for a 64 MiB transfer"
 pass "64 MiB intact ($res), $redirected bytes redirected"
 
 # --- a stalled splice ---------------------------------------------------------
@@ -370,3 +373,18 @@ left=$(inside sh -c 'for f in /proc/[0-9]*/comm; do [ "$(cat $f 2>/dev/null)" = 
 inside test ! -e /sys/fs/bpf/sockaccel || fail "pins left after removal"
 inside test ! -e /usr/bin/sockaccel || fail "binary left after removal"
 pass "removed: no process, no pins, no binary"
+
+# --- a source install: make install's unit starts make install's binary ---------
+echo "== make install (PREFIX=/usr/local) under the same systemd"
+make -s install DESTDIR="$root" PREFIX=/usr/local >/dev/null
+inside systemctl daemon-reload
+inside systemctl start sockaccel.service
+[ "$(inside systemctl is-active sockaccel.service)" = active ] || fail "source install not active"
+exe=$(inside readlink "/proc/$(show MainPID)/exe")
+[ "$exe" = /usr/local/bin/sockaccel ] || fail "source install runs $exe"
+inside systemctl stop sockaccel.service
+inside /usr/local/bin/sockaccel cleanup --timeout 10s >/dev/null 2>&1 || fail "cleanup after the source install"
+make -s uninstall DESTDIR="$root" PREFIX=/usr/local >/dev/null
+inside systemctl daemon-reload
+inside test ! -e /usr/local/bin/sockaccel || fail "make uninstall left the binary"
+pass "active from $exe; stopped, cleaned up, uninstalled"
