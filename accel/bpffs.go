@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -91,8 +92,22 @@ func checkMountVisible(dir string) error {
 		return fmt.Errorf("read mountinfo: %w", err)
 	}
 	defer f.Close()
+	slave, err := slaveMountAbove(f, dir)
+	if err != nil {
+		return fmt.Errorf("read mountinfo: %w", err)
+	}
+	if slave != "" {
+		return fmt.Errorf("%w: nothing is mounted at %s on the host and this process runs in a mount namespace of its own (mount %s is a slave), so pins would die with it; mount bpffs at %s on the host (systemd: sys-fs-bpf.mount) and start again",
+			ErrPrivateBPFFS, dir, slave, dir)
+	}
+	return nil
+}
+
+// slaveMountAbove returns the deepest mount point at or above dir whose
+// mount is a slave, from mountinfo; "" if none is.
+func slaveMountAbove(mountinfo io.Reader, dir string) (string, error) {
 	slave := ""
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(mountinfo)
 	for sc.Scan() {
 		// id parent major:minor root mountpoint options [optional...] - ...
 		fields := strings.Fields(sc.Text())
@@ -112,12 +127,5 @@ func checkMountVisible(dir string) error {
 			}
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read mountinfo: %w", err)
-	}
-	if slave != "" {
-		return fmt.Errorf("%w: nothing is mounted at %s on the host and this process runs in a mount namespace of its own (mount %s is a slave), so pins would die with it; mount bpffs at %s on the host (systemd: sys-fs-bpf.mount) and start again",
-			ErrPrivateBPFFS, dir, slave, dir)
-	}
-	return nil
+	return slave, sc.Err()
 }
