@@ -51,10 +51,12 @@ if [ ! -f "$tarball" ]; then
 	echo "== debootstrap bookworm into the cache (once)"
 	mkdir -p "$CACHE"
 	build=$(mktemp -d "$CACHE/build.XXXXXX")
+	trap 'rm -rf "$build"' EXIT # an interrupted debootstrap leaves nothing
 	debootstrap --variant=minbase --include="$packages" bookworm "$build/root" >"$build/log" 2>&1 ||
 		{ tail -20 "$build/log" >&2; rm -rf "$build"; fail "debootstrap"; }
 	tar -C "$build/root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
 	rm -rf "$build"
+	trap - EXIT
 fi
 
 # --- everything this run creates, torn down on exit -------------------------
