@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION)
 
 PREFIX ?= /usr/local
 
-.PHONY: all generate check-generate build test soak soak-transitions lint clean bench install test-kernel deps
+.PHONY: all generate check-generate build test soak soak-transitions lint clean bench install uninstall deb test-systemd test-kernel deps
 
 all: generate build
 
@@ -79,10 +79,39 @@ deps:
 bench: build
 	QUICK='$(QUICK)' SMOKE='$(SMOKE)' PROTO='$(PROTO)' OUT='$(OUT)' SOCKACCEL='$(BIN)' CC='$(CC)' GO='$(GO)' bash bench/run.sh
 
+# Source install: the binary under PREFIX, the unit in /etc/systemd/system
+# with ExecStart pointing at it (the unit in systemd/ says /usr/bin, where
+# the Debian package puts it).
+UNITDIR ?= /etc/systemd/system
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sockaccel
-	install -D -m 0644 systemd/sockaccel.service $(DESTDIR)/etc/systemd/system/sockaccel.service
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|^ExecStart=/usr/bin/sockaccel|ExecStart=$(PREFIX)/bin/sockaccel|' systemd/sockaccel.service > $(DESTDIR)$(UNITDIR)/sockaccel.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/sockaccel.service
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/sockaccel/README.md
+	install -D -m 0644 systemd/config.yaml $(DESTDIR)$(PREFIX)/share/doc/sockaccel/config.yaml
 	install -D -m 0644 -t $(DESTDIR)$(PREFIX)/share/doc/sockaccel/prometheus systemd/prometheus/sockaccel.rules.yml systemd/prometheus/sockaccel.rules.test.yml systemd/prometheus/sockaccel.dashboard.json
+	@if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# Leaves the pins (and so live connections) alone: run 'sockaccel cleanup'
+# first to detach everything.
+uninstall:
+	@if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl disable --now sockaccel.service || true; fi
+	rm -f $(DESTDIR)$(PREFIX)/bin/sockaccel $(DESTDIR)$(UNITDIR)/sockaccel.service
+	rm -rf $(DESTDIR)$(PREFIX)/share/doc/sockaccel
+	@if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# Debian package (dpkg-deb): bin/sockaccel_VERSION_ARCH.deb.
+DEB_ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || $(GO) env GOARCH)
+DEB_VERSION ?= 0.0~git$(shell git rev-list --count HEAD 2>/dev/null || echo 0).$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DEB := bin/sockaccel_$(DEB_VERSION)_$(DEB_ARCH).deb
+deb: build
+	DEB='$(DEB)' DEB_VERSION='$(DEB_VERSION)' DEB_ARCH='$(DEB_ARCH)' BIN='$(BIN)' bash systemd/deb/build.sh
+
+# Debian's systemd as PID 1 in systemd-nspawn runs the package (root; caches
+# a debootstrapped bookworm root in /var/cache/sockaccel-systemd).
+test-systemd: deb
+	DEB='$(DEB)' bash systemd/test-systemd.sh
 
 clean:
 	rm -rf bin

@@ -216,6 +216,9 @@ func (a *Accelerator) validate() error {
 		if err != nil {
 			return fmt.Errorf("pinned link %s: %w", path, err)
 		}
+		if got == staleCgroupID {
+			continue // replaced by attachCgroup
+		}
 		if got != want {
 			return fmt.Errorf("sockaccel is already attached to another cgroup (id %d) through %s; run 'sockaccel cleanup --pin-dir %s' first",
 				got, a.cfg.PinDir, a.cfg.PinDir)
@@ -427,7 +430,7 @@ func (a *Accelerator) attachDetect() error {
 		a.log.Info("use detection off: splice, MSG_WAITALL and MSG_OOB are not watched")
 	} else {
 		a.attachedLog = append(a.attachedLog, func() {
-			a.log.Info("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"),
+			a.log.Debug("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"),
 				zap.Bool("fionread", a.cfg.DetectFIONREAD))
 		})
 	}
@@ -454,7 +457,7 @@ func (a *Accelerator) attachSkMsg() error {
 	if err := a.objs.SaRedirect.Pin(path); err != nil {
 		return fmt.Errorf("pin sk_msg program: %w", err)
 	}
-	a.log.Info("attached sk_msg", zap.String("map", accelMapSaSockhash))
+	a.log.Debug("attached sk_msg", zap.String("map", accelMapSaSockhash))
 	return nil
 }
 
@@ -473,6 +476,9 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 			l.Close()
 			return err
 		}
+		if got == staleCgroupID {
+			return a.replaceStaleLink(l, pin, path, attach, prog)
+		}
 		if got != want {
 			l.Close()
 			return fmt.Errorf("sockaccel is already attached to another cgroup (id %d) through %s; run 'sockaccel cleanup --pin-dir %s' first",
@@ -484,7 +490,7 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 		}
 		a.links = append(a.links, l)
 		a.held.cgroupLinks[pin] = l
-		a.log.Info("adopted cgroup link", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+		a.log.Debug("adopted cgroup link", zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 		return nil
 	case !errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("load pinned link %s: %w", path, err)
@@ -503,8 +509,38 @@ func (a *Accelerator) attachCgroup(pin string, attach ebpf.AttachType, prog *ebp
 	a.held.cgroupLinks[pin] = l
 	// Logged by pinLinks, once pinned: only then does it outlive us.
 	a.attachedLog = append(a.attachedLog, func() {
-		a.log.Info("attached to cgroup", zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
+		a.log.Debug("attached to cgroup", zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 	})
+	return nil
+}
+
+// staleCgroupID is what a cgroup link reports once its cgroup has been
+// removed: the kernel detaches the program and the pinned link stays behind,
+// attached to nothing.
+const staleCgroupID = 0
+
+// replaceStaleLink attaches prog to the target cgroup and pins the new link
+// where stale, a link whose cgroup is gone, was pinned. Nothing is lost: the
+// stale link reached no socket any more, and the sockhash and sk_msg, which
+// carry the live connections, are untouched.
+func (a *Accelerator) replaceStaleLink(stale link.Link, pin, path string, attach ebpf.AttachType, prog *ebpf.Program) error {
+	defer stale.Close()
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: a.cfg.Cgroup.Path, Attach: attach, Program: prog})
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: %w", attach, a.cfg.Cgroup.Path, err)
+	}
+	if err := stale.Unpin(); err != nil {
+		l.Close()
+		return fmt.Errorf("unpin stale link %s: %w", path, err)
+	}
+	if err := l.Pin(path); err != nil {
+		l.Close()
+		return fmt.Errorf("pin %s link (needs cgroup bpf_link, Linux 5.7+): %w", attach, err)
+	}
+	a.links = append(a.links, l)
+	a.held.cgroupLinks[pin] = l
+	a.log.Warn("replaced stale pinned link: the cgroup it was attached to is gone",
+		zap.Stringer("attach", attach), zap.String("cgroup", a.cfg.Cgroup.Path), zap.String("pin", path))
 	return nil
 }
 

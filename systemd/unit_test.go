@@ -19,8 +19,9 @@ func TestUnitVerifies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(unit), "ExecStart=/usr/local/bin/sockaccel run") {
-		t.Fatalf("unit does not start the daemon from /usr/local/bin:\n%s", unit)
+	// The Debian package's path; make install rewrites it to PREFIX.
+	if !strings.Contains(string(unit), "ExecStart=/usr/bin/sockaccel run") {
+		t.Fatalf("unit does not start the daemon from /usr/bin:\n%s", unit)
 	}
 	// Verify against a freshly built binary: verify checks ExecStart exists.
 	dir := t.TempDir()
@@ -29,7 +30,7 @@ func TestUnitVerifies(t *testing.T) {
 		t.Fatalf("build: %v: %s", err, out)
 	}
 	path := filepath.Join(dir, "sockaccel.service")
-	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/sockaccel", bin)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/bin/sockaccel", bin)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()

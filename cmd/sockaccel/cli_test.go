@@ -128,6 +128,9 @@ func TestBadInput(t *testing.T) {
 			if r.code == 0 {
 				t.Fatalf("exit 0 for bad input; stderr %q", r.stderr)
 			}
+			if r.code != exitConfig {
+				t.Errorf("exit %d for bad input, want %d (configuration error: no restart); stderr %q", r.code, exitConfig, r.stderr)
+			}
 			lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
 			if len(lines) != 1 {
 				t.Errorf("want one line on stderr, got %d: %q", len(lines), r.stderr)
@@ -201,6 +204,22 @@ type daemon struct {
 // name one.
 func startDaemon(t *testing.T, args ...string) daemon {
 	t.Helper()
+	d := launchDaemon(t, nil, args...)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(d.log.String(), `"msg":"accelerating"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not ready within 30s; log:\n%s", d.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return d
+}
+
+// launchDaemon starts "sockaccel run" with env added to the environment;
+// it is killed at cleanup if still running. Its API socket is in a
+// temporary directory, unless args name one.
+func launchDaemon(t *testing.T, env []string, args ...string) daemon {
+	t.Helper()
 	api := filepath.Join(t.TempDir(), "run", "sockaccel.sock")
 	for i, a := range args {
 		if a == "--api-socket" && i+1 < len(args) {
@@ -211,6 +230,7 @@ func startDaemon(t *testing.T, args ...string) daemon {
 		args = append(args, "--api-socket", api)
 	}
 	cmd := exec.Command(sockaccelBin, append([]string{"run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
@@ -225,13 +245,6 @@ func startDaemon(t *testing.T, args ...string) daemon {
 			t.Logf("daemon log:\n%s", stderr.String())
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(stderr.String(), `"msg":"accelerating"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon not ready within 30s; log:\n%s", stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	return daemon{cmd, stderr, api}
 }
 

@@ -31,7 +31,7 @@ func printUsage(fs *flag.FlagSet) {
 	fs.SetOutput(io.Discard)
 }
 
-// usageError is a command-line mistake: exit code 2, like the flag package.
+// usageError is a command-line mistake: a configuration error (exitConfig).
 type usageError struct{ err error }
 
 func (e usageError) Error() string { return e.err.Error() }

@@ -1,37 +1,30 @@
 package main
 
 import (
-	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"net"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/coreos/go-systemd/v22/journal"
 	"go.uber.org/zap/zapcore"
 )
 
-// journalSocket is where journald takes native-protocol datagrams.
-const journalSocket = "/run/systemd/journal/socket"
-
-// journalCore sends each entry to journald over its native protocol, every
-// zap field as its own journal field (cgroup -> CGROUP), so that
-// `journalctl CGROUP=/kubepods` or `journalctl -p warning` select entries
-// without parsing text. MESSAGE also carries the fields, for humans.
+// journalCore sends each entry to journald through go-systemd's
+// journal.Send, every zap field as its own journal field (cgroup -> CGROUP),
+// so that `journalctl CGROUP=/kubepods` or `journalctl -p warning` select
+// entries without parsing text. MESSAGE also carries the fields, for humans.
+// go-systemd takes care of the native protocol: multi-line values and
+// entries too large for one datagram (passed as a sealed memfd).
 type journalCore struct {
 	zapcore.LevelEnabler
-	conn   *net.UnixConn
 	fields []zapcore.Field
+	send   func(msg string, p journal.Priority, vars map[string]string) error
 }
 
-func newJournalCore(enab zapcore.LevelEnabler, socket string) (*journalCore, error) {
-	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: socket, Net: "unixgram"})
-	if err != nil {
-		return nil, err
-	}
-	return &journalCore{LevelEnabler: enab, conn: conn}, nil
+func newJournalCore(enab zapcore.LevelEnabler) *journalCore {
+	return &journalCore{LevelEnabler: enab, send: journal.Send}
 }
 
 func (c *journalCore) With(fields []zapcore.Field) zapcore.Core {
@@ -48,8 +41,17 @@ func (c *journalCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.
 }
 
 func (c *journalCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	msg, vars := journalEntry(e, append(append([]zapcore.Field(nil), c.fields...), fields...))
+	return c.send(msg, priority(e.Level), vars)
+}
+
+func (c *journalCore) Sync() error { return nil }
+
+// journalEntry returns the MESSAGE (the constant message, then key=value for
+// humans) and the journal fields of one entry.
+func journalEntry(e zapcore.Entry, fields []zapcore.Field) (string, map[string]string) {
 	enc := zapcore.NewMapObjectEncoder()
-	for _, f := range append(append([]zapcore.Field(nil), c.fields...), fields...) {
+	for _, f := range fields {
 		f.AddTo(enc)
 	}
 	keys := make([]string, 0, len(enc.Fields))
@@ -58,28 +60,23 @@ func (c *journalCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	}
 	sort.Strings(keys)
 
-	msg := e.Message
-	var buf bytes.Buffer
+	vars := map[string]string{"SYSLOG_IDENTIFIER": "sockaccel"}
+	if e.LoggerName != "" {
+		vars["LOGGER"] = e.LoggerName
+	}
+	var msg strings.Builder
+	msg.WriteString(e.Message)
 	for _, k := range keys {
 		v := fieldValue(enc.Fields[k])
 		if strings.ContainsAny(v, " \t\n\"") {
-			msg += " " + k + "=" + strconv.Quote(v)
+			msg.WriteString(" " + k + "=" + strconv.Quote(v))
 		} else {
-			msg += " " + k + "=" + v
+			msg.WriteString(" " + k + "=" + v)
 		}
-		writeJournalField(&buf, journalKey(k), v)
+		vars[journalKey(k)] = v
 	}
-	writeJournalField(&buf, "MESSAGE", msg)
-	writeJournalField(&buf, "PRIORITY", fmt.Sprint(priority(e.Level)))
-	writeJournalField(&buf, "SYSLOG_IDENTIFIER", "sockaccel")
-	if e.LoggerName != "" {
-		writeJournalField(&buf, "LOGGER", e.LoggerName)
-	}
-	_, err := c.conn.Write(buf.Bytes())
-	return err
+	return msg.String(), vars
 }
-
-func (c *journalCore) Sync() error { return nil }
 
 func fieldValue(v any) string {
 	switch v := v.(type) {
@@ -120,28 +117,17 @@ func journalKey(k string) string {
 	return key
 }
 
-// writeJournalField uses the plain KEY=value form, or the length-prefixed
-// binary form when the value has a newline.
-func writeJournalField(buf *bytes.Buffer, key, value string) {
-	if !strings.Contains(value, "\n") {
-		buf.WriteString(key + "=" + value + "\n")
-		return
-	}
-	buf.WriteString(key + "\n")
-	binary.Write(buf, binary.LittleEndian, uint64(len(value)))
-	buf.WriteString(value + "\n")
-}
-
-func priority(l zapcore.Level) int {
+// priority maps a zap level to syslog's: what journalctl -p filters on.
+func priority(l zapcore.Level) journal.Priority {
 	switch {
 	case l >= zapcore.DPanicLevel:
-		return 2
+		return journal.PriCrit
 	case l == zapcore.ErrorLevel:
-		return 3
+		return journal.PriErr
 	case l == zapcore.WarnLevel:
-		return 4
+		return journal.PriWarning
 	case l == zapcore.DebugLevel:
-		return 7
+		return journal.PriDebug
 	}
-	return 6
+	return journal.PriInfo
 }

@@ -4,20 +4,23 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/coreos/go-systemd/v22/journal"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
 // newLogger builds the root logger. Formats:
-//   - journal: journald's native protocol, each zap field its own indexed
-//     journal field (see journalCore); if the journal socket is missing, a
-//     <N> priority prefix per line on stderr (so journalctl -p still works),
-//     no timestamp (journald adds its own), then message and fields.
+//   - journal: journald's native protocol through go-systemd, each zap field
+//     its own indexed journal field (see journalCore); if journald's socket
+//     is missing, a <N> priority prefix per line on stderr (so journalctl -p
+//     still works), no timestamp (journald adds its own), then message and
+//     fields.
 //   - json: one JSON object per line, for log shippers.
 //   - console: human-readable with timestamps.
 //
-// The default is journal when started by systemd (JOURNAL_STREAM set) and
-// console otherwise.
+// The default is journal when stderr is the journal (JOURNAL_STREAM names
+// stderr's device and inode: a child that inherited the variable but not the
+// stream gets console) and console otherwise.
 func newLogger(format, level string) (*zap.Logger, error) {
 	lvl, err := zap.ParseAtomicLevel(level)
 	if err != nil {
@@ -25,7 +28,7 @@ func newLogger(format, level string) (*zap.Logger, error) {
 	}
 	if format == "" {
 		format = "console"
-		if os.Getenv("JOURNAL_STREAM") != "" {
+		if stderrIsJournal() {
 			format = "journal"
 		}
 	}
@@ -39,8 +42,8 @@ func newLogger(format, level string) (*zap.Logger, error) {
 		enc.EncodeLevel = zapcore.CapitalLevelEncoder
 		encoder = zapcore.NewConsoleEncoder(enc)
 	case "journal":
-		if core, err := newJournalCore(lvl, journalSocket); err == nil {
-			return zap.New(core), nil
+		if journal.Enabled() {
+			return zap.New(newJournalCore(lvl)), nil
 		}
 		enc.TimeKey = zapcore.OmitKey
 		enc.CallerKey = zapcore.OmitKey
@@ -52,6 +55,11 @@ func newLogger(format, level string) (*zap.Logger, error) {
 	}
 	core := zapcore.NewCore(encoder, zapcore.Lock(os.Stderr), lvl)
 	return zap.New(core), nil
+}
+
+func stderrIsJournal() bool {
+	ok, err := journal.StderrIsJournalStream()
+	return err == nil && ok
 }
 
 // syslogPriority writes the sd-daemon(3) level prefix journald parses.

@@ -35,7 +35,7 @@ Run 'sockaccel <command> -h' for the flags of a command.`
 func run(args []string) int {
 	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, usage)
-		return 2
+		return exitConfig
 	}
 	var err error
 	switch args[0] {
@@ -63,11 +63,8 @@ func run(args []string) int {
 		return 0
 	default:
 		// One line, naming the problem: scripts and journald read it.
-		fmt.Fprintf(os.Stderr, "sockaccel %s: %s\n", args[0], oneLine(err.Error()))
-		if errors.As(err, new(usageError)) {
-			return 2
-		}
-		return 1
+		printFatal(args[0], err)
+		return exitCode(err)
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os/signal"
@@ -37,17 +38,17 @@ func runDaemon(args []string) error {
 	configPath := fs.String("config", "", "YAML file whose keys are these flags' names (flags given here override it; SIGHUP re-reads it); default: none")
 	checkConfig := fs.Bool("check-config", false, "validate the flags and the --config file, say so in one line and exit")
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return asConfig(err)
 	}
 	if err := applyConfigFile(fs, *configPath); err != nil {
-		return err
+		return asConfig(err)
 	}
 
 	// Validate everything before touching the kernel, so bad input leaves
 	// nothing behind.
 	settings, err := checkRunFlags(fs)
 	if err != nil {
-		return err
+		return asConfig(err)
 	}
 	if *checkConfig {
 		fmt.Println("config ok")
@@ -55,7 +56,7 @@ func runDaemon(args []string) error {
 	}
 	log, logLevelVar, err := newLiveLogger(*logFormat, settings.level)
 	if err != nil {
-		return err
+		return asConfig(err)
 	}
 	defer log.Sync() //nolint:errcheck // stderr sync fails on pipes
 	ports, cidrs, target, excludedCgroups := settings.ports, settings.cidrs, settings.target, settings.excludedCgroups
@@ -70,7 +71,10 @@ func runDaemon(args []string) error {
 	// nothing. accel.New takes it over and holds it until a.Close.
 	lock, err := accel.LockPinDir(*pinDir)
 	if err != nil {
-		return err
+		if errors.Is(err, accel.ErrLocked) {
+			return err
+		}
+		return asConfig(err) // pin dir refused (owner, mode, symlink, not bpffs)
 	}
 
 	// Listen before attaching: a bad address must leave nothing behind.
@@ -79,7 +83,11 @@ func runDaemon(args []string) error {
 		httpLn, err = net.Listen("tcp", *metricsAddr)
 		if err != nil {
 			lock.Release()
-			return fmt.Errorf("listen on --metrics-addr %s: %w", *metricsAddr, err)
+			err = fmt.Errorf("listen on --metrics-addr %s: %w", *metricsAddr, err)
+			if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) {
+				return err // may be free or assigned by the next try
+			}
+			return asConfig(err)
 		}
 		defer httpLn.Close()
 	}
@@ -138,7 +146,12 @@ func runDaemon(args []string) error {
 		}
 	}()
 
+	// The one start-up summary line: what the component loggers said on
+	// the way is at debug level.
 	log.Info("accelerating",
+		zap.String("kernel", kernelRelease()),
+		zap.String("kernel_probes", probeSummary(a.KernelBehaviour())),
+		zap.String("maps", mapsOrigin(a.Adopted())),
 		zap.String("cgroup", target.Path),
 		zap.String("pin_dir", *pinDir),
 		zap.Uint("max_conns", *maxConns),
@@ -151,6 +164,9 @@ func runDaemon(args []string) error {
 		zap.Bool("learn_splice", *learnSplice),
 		zap.Bool("adopted", a.Adopted()),
 		zap.String("version", version))
+
+	supervised := supervise(ctx, a, log)
+	defer func() { stop(); <-supervised }()
 
 	go func() {
 		if err := a.RunEvents(ctx); err != nil {

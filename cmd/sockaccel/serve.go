@@ -261,7 +261,7 @@ func listenAPI(path string) (net.Listener, error) {
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
-			return nil, fmt.Errorf("%s exists and is not a socket", path)
+			return nil, asConfig(fmt.Errorf("%s exists and is not a socket", path))
 		}
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()

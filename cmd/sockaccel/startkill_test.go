@@ -27,7 +27,7 @@ func TestKillDuringStartLeavesNothingHalfAttached(t *testing.T) {
 	stages := []string{"", `"kernel behaviour"`, `"attached sk_msg"`, `CGroupSetsockopt`, `"attached use detection"`, `CGroupSockOps`, `"accelerating"`}
 	complete := 0
 	for _, stage := range stages {
-		cmd := exec.Command(sockaccelBin, "run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0", "--cgroup", cg.Path, "--pin-dir", pin)
+		cmd := exec.Command(sockaccelBin, "run", "--log-format", "json", "--log-level", "debug", "--metrics-addr", "127.0.0.1:0", "--api-socket", "", "--cgroup", cg.Path, "--pin-dir", pin)
 		log := &syncBuffer{}
 		cmd.Stderr = log
 		if err := cmd.Start(); err != nil {
