@@ -351,7 +351,11 @@ func TestGCIntervalChangesLive(t *testing.T) {
 	n.runGC(t, time.Hour)
 	ns := testenv.NewNetns(t)
 	ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7509")
-	testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7509", 1) // wakes the GC
+	// Held open to the end: a connection nobody references is closed by
+	// Go's finalizers, and the GC stops once conntrack is empty.
+	p := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7509", 1)[0] // wakes the GC
+	defer p.Client.Close()
+	defer p.Server.Close()
 	n.acc.SetGCInterval(10 * time.Millisecond)
 	waitFor(t, "the GC to run at the new interval", func() (bool, string) {
 		s := n.status(t)
