@@ -159,33 +159,20 @@ var useBits = map[string]accelUseReason{
 // serviceOf finds the tracked connection one of whose ends has cookie and
 // names its service from that end.
 func (a *Accelerator) serviceOf(cookie uint64) (accelLearnedKey, error) {
-	if cookie == 0 {
-		return accelLearnedKey{}, errors.New("socket has no cookie")
+	key, entry, err := a.entryByCookie(cookie)
+	if err != nil {
+		return accelLearnedKey{}, err
 	}
-	var (
-		key   accelSockKey
-		entry accelCtEntry
-	)
-	it := a.objs.SaConntrack.Iterate()
-	for it.Next(&key, &entry) {
-		for side, c := range entry.Cookie {
-			if c != cookie {
-				continue
-			}
-			lk := accelLearnedKey{CgroupId: entry.CgroupId[side], Port: netToHost16(key.RemotePort), End: uint8(accelLearnedEndLEARNED_CLIENT)}
-			if side == int(accelCtSideCT_SIDE_PASSIVE) {
-				lk.End = uint8(accelLearnedEndLEARNED_SERVER)
-			}
-			return lk, nil
-		}
+	side := accelCtSideCT_SIDE_ACTIVE
+	if entry.Cookie[accelCtSideCT_SIDE_PASSIVE] == cookie {
+		side = accelCtSideCT_SIDE_PASSIVE
 	}
-	if err := it.Err(); err != nil {
-		return accelLearnedKey{}, fmt.Errorf("iterate conntrack: %w", err)
+	lk := accelLearnedKey{CgroupId: entry.CgroupId[side], Port: netToHost16(key.RemotePort), End: uint8(accelLearnedEndLEARNED_CLIENT)}
+	if side == accelCtSideCT_SIDE_PASSIVE {
+		lk.End = uint8(accelLearnedEndLEARNED_SERVER)
 	}
-	return accelLearnedKey{}, fmt.Errorf("%w: socket cookie %d", errConnGone, cookie)
+	return lk, nil
 }
-
-var errConnGone = errors.New("no tracked connection")
 
 // serviceFromEvent names the service of an event whose connection is gone:
 // the socket was the server's end if its process listens on its local port

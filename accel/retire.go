@@ -123,5 +123,8 @@ func (a *Accelerator) entryByCookie(cookie uint64) (accelSockKey, accelCtEntry, 
 	if err := it.Err(); err != nil {
 		return key, entry, fmt.Errorf("iterate conntrack: %w", err)
 	}
-	return key, entry, errors.New("no tracked connection with that socket cookie")
+	return key, entry, fmt.Errorf("%w with socket cookie %d", errConnGone, cookie)
 }
+
+// errConnGone: no conntrack entry has that cookie (closed, or never tracked).
+var errConnGone = errors.New("no tracked connection")

@@ -201,40 +201,19 @@ func ReadStatus(pinDir string) (Status, error) {
 }
 
 func readConntrack(pinDir string) (Conntrack, error) {
-	var ct Conntrack
-	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaConfig), nil); err == nil {
-		var cfg accelAccelConfig
-		err := m.Lookup(uint32(0), &cfg)
-		m.Close()
+	maps := make([]*ebpf.Map, 3)
+	for i, name := range []string{accelMapSaConfig, accelMapSaConntrack, accelMapSaGc} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
 		if err != nil {
-			return ct, fmt.Errorf("read config: %w", err)
+			return Conntrack{}, fmt.Errorf("load pinned %s: %w", name, err)
 		}
-		ct.Enabled = cfg.Flags&uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK) == 0
+		defer m.Close()
+		maps[i] = m
 	}
-	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaConntrack), nil); err == nil {
-		n, err := countKeys(m)
-		ct.Capacity = m.MaxEntries()
-		m.Close()
-		if err != nil {
-			return ct, fmt.Errorf("count conntrack entries: %w", err)
-		}
-		ct.Entries = n
-		if ct.Capacity > 0 {
-			ct.Load = float64(n) / float64(ct.Capacity)
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return ct, fmt.Errorf("load pinned conntrack: %w", err)
-	}
-	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaGc), nil); err == nil {
-		var g accelGcState
-		err := m.Lookup(uint32(0), &g)
-		m.Close()
-		if err != nil {
-			return ct, fmt.Errorf("read gc state: %w", err)
-		}
-		ct.ClosedGC, ct.GCRuns, ct.Retired, ct.Lonely = g.ClosedGc, g.GcRuns, g.Retired, g.Lonely
-	}
-	return ct, nil
+	return summarizeConntrack(maps[0], maps[1], maps[2])
 }
 
 // Status reads the running daemon's view, what ReadStatus reads from the
@@ -284,26 +263,38 @@ func (a *Accelerator) AggregateStatus() (Status, error) {
 
 // conntrackSummary is readConntrack from the maps the daemon holds.
 func (a *Accelerator) conntrackSummary() (Conntrack, error) {
+	return summarizeConntrack(a.objs.SaConfig, a.objs.SaConntrack, a.objs.SaGc)
+}
+
+// summarizeConntrack reads the conntrack summary from the config, conntrack
+// and GC state maps; a nil map (not pinned) leaves its part zero.
+func summarizeConntrack(config, conntrack, gc *ebpf.Map) (Conntrack, error) {
 	var ct Conntrack
-	var cfg accelAccelConfig
-	if err := a.objs.SaConfig.Lookup(uint32(0), &cfg); err != nil {
-		return ct, fmt.Errorf("read config: %w", err)
+	if config != nil {
+		var cfg accelAccelConfig
+		if err := config.Lookup(uint32(0), &cfg); err != nil {
+			return ct, fmt.Errorf("read config: %w", err)
+		}
+		ct.Enabled = cfg.Flags&uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK) == 0
 	}
-	ct.Enabled = cfg.Flags&uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK) == 0
-	n, err := countConntrack(a.objs.SaConntrack)
-	if err != nil {
-		return ct, fmt.Errorf("count conntrack entries: %w", err)
+	if conntrack != nil {
+		n, err := countConntrack(conntrack)
+		if err != nil {
+			return ct, fmt.Errorf("count conntrack entries: %w", err)
+		}
+		ct.Entries = n
+		ct.Capacity = conntrack.MaxEntries()
+		if ct.Capacity > 0 {
+			ct.Load = float64(n) / float64(ct.Capacity)
+		}
 	}
-	ct.Entries = n
-	ct.Capacity = a.objs.SaConntrack.MaxEntries()
-	if ct.Capacity > 0 {
-		ct.Load = float64(n) / float64(ct.Capacity)
+	if gc != nil {
+		var g accelGcState
+		if err := gc.Lookup(uint32(0), &g); err != nil {
+			return ct, fmt.Errorf("read gc state: %w", err)
+		}
+		ct.ClosedGC, ct.GCRuns, ct.Retired, ct.Lonely = g.ClosedGc, g.GcRuns, g.Retired, g.Lonely
 	}
-	var g accelGcState
-	if err := a.objs.SaGc.Lookup(uint32(0), &g); err != nil {
-		return ct, fmt.Errorf("read gc state: %w", err)
-	}
-	ct.ClosedGC, ct.GCRuns, ct.Retired, ct.Lonely = g.ClosedGc, g.GcRuns, g.Retired, g.Lonely
 	return ct, nil
 }
 

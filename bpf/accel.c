@@ -16,6 +16,7 @@
 
 
 #include "accel.h"
+#include "core.h"
 #include "psock.h"
 
 #define AF_INET 2
@@ -102,22 +103,6 @@ struct tcp_sock {
 	__u32 snd_una;    /* first byte we sent that is not acknowledged */
 } __attribute__((preserve_access_index));
 
-/* CO-RE reads of a bitfield (the kinds of __builtin_preserve_field_info,
- * as libbpf's bpf_core_read.h names them). */
-#define FIELD_BYTE_OFFSET 0
-#define FIELD_BYTE_SIZE 1
-#define FIELD_LSHIFT_U64 4
-#define FIELD_RSHIFT_U64 5
-#define READ_BITFIELD(s, field)                                                              \
-	({                                                                                   \
-		unsigned long long __v = 0;                                                  \
-		bpf_probe_read_kernel(&__v, __builtin_preserve_field_info((s)->field, FIELD_BYTE_SIZE), \
-				      (const void *)(s) +                                    \
-					      __builtin_preserve_field_info((s)->field, FIELD_BYTE_OFFSET)); \
-		__v <<= __builtin_preserve_field_info((s)->field, FIELD_LSHIFT_U64);         \
-		__v >>= __builtin_preserve_field_info((s)->field, FIELD_RSHIFT_U64);         \
-		__v;                                                                         \
-	})
 
 #define S_IFMT 0170000
 #define S_IFSOCK 0140000
@@ -339,6 +324,19 @@ static __always_inline int addr_excluded(const __u32 addr[4])
 	return bpf_map_lookup_elem(&sa_excl_cidrs, &k) != NULL;
 }
 
+/* A cgroup's v2 id (its kernfs node's), read through probe reads where the
+ * pointer is not one the verifier can follow; 0 if unreadable. */
+static __always_inline __u64 cgroup_id_probed(struct cgroup *cg)
+{
+	struct kernfs_node *kn = NULL;
+	__u64 id = 0;
+
+	if (bpf_probe_read_kernel(&kn, sizeof(kn), &cg->kn) || !kn)
+		return 0;
+	bpf_probe_read_kernel(&id, sizeof(id), &kn->id);
+	return id;
+}
+
 /* cgroup hierarchies this deep are not walked past (the kernel allows
  * more, nobody nests that far). */
 #define MAX_CGROUP_DEPTH 32
@@ -347,17 +345,14 @@ static __always_inline int addr_excluded(const __u32 addr[4])
 static __always_inline int cgroup_excluded(struct sock *ks)
 {
 	struct cgroup *cg = NULL;
-	struct kernfs_node *kn;
 	__u64 id;
 	int i;
 
 	if (!ks || bpf_probe_read_kernel(&cg, sizeof(cg), &ks->sk_cgrp_data.cgroup))
 		return 0;
 	for (i = 0; i < MAX_CGROUP_DEPTH && cg; i++) {
-		kn = NULL;
-		id = 0;
-		if (bpf_probe_read_kernel(&kn, sizeof(kn), &cg->kn) || !kn ||
-		    bpf_probe_read_kernel(&id, sizeof(id), &kn->id))
+		id = cgroup_id_probed(cg);
+		if (!id)
 			return 0;
 		if (bpf_map_lookup_elem(&sa_excl_cgroups, &id))
 			return 1;
@@ -399,14 +394,10 @@ static __always_inline __u64 sock_cgroup_id(struct sock *s)
 static __always_inline __u64 sock_cgroup_id_probed(struct sock *s)
 {
 	struct cgroup *cg = NULL;
-	struct kernfs_node *kn = NULL;
-	__u64 id = 0;
 
-	if (bpf_probe_read_kernel(&cg, sizeof(cg), &s->sk_cgrp_data.cgroup) || !cg ||
-	    bpf_probe_read_kernel(&kn, sizeof(kn), &cg->kn) || !kn)
+	if (bpf_probe_read_kernel(&cg, sizeof(cg), &s->sk_cgrp_data.cgroup) || !cg)
 		return 0;
-	bpf_probe_read_kernel(&id, sizeof(id), &kn->id);
-	return id;
+	return cgroup_id_probed(cg);
 }
 
 /* Whether the socket's file is in blocking mode. Only the connect()ing end
@@ -692,7 +683,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	 * could be another connection's: it is never paired. (The setsockopt
 	 * hook marks it too; this catches one put in repair mode before the
 	 * daemon attached.) */
-	if (ks && READ_BITFIELD((struct tcp_sock *)ks, repair)) {
+	if (ks && CORE_READ_BITFIELD((struct tcp_sock *)ks, repair)) {
 		__sync_fetch_and_add(&st->repair, 1);
 		return;
 	}
@@ -1236,9 +1227,7 @@ static __always_inline int psock_in_sockhash(struct sk_psock *psock)
 	for (i = 0; i < PSOCK_LINKS_MAX; i++) {
 		if (!pos || pos == head)
 			return 0;
-		l = (struct sk_psock_link *)((void *)pos -
-					     __builtin_preserve_field_info(((struct sk_psock_link *)0)->list,
-									   PSOCK_FIELD_BYTE_OFFSET));
+		l = CORE_CONTAINER_OF(pos, struct sk_psock_link, list);
 		map = NULL;
 		id = 0;
 		if (bpf_probe_read_kernel(&map, sizeof(map), &l->map) || !map ||

@@ -9,6 +9,8 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 
+#include "core.h"
+
 /* sk_user_data carries flag bits below the psock pointer. */
 #define SK_USER_DATA_PTRMASK (~7UL)
 #define SK_USER_DATA_PSOCK 4UL
@@ -38,9 +40,6 @@ struct sk_psock_link {
 	struct bpf_map *map;
 } __attribute__((preserve_access_index));
 
-/* CO-RE relocation kinds (clang's __builtin_preserve_field_info). */
-#define PSOCK_FIELD_BYTE_OFFSET 0
-#define PSOCK_FIELD_EXISTS 2
 
 /* Messages walked at most on kernels without msg_tot_len. A longer list
  * reads as PSOCK_QUEUED_MANY: more than any bound, so a reader that far
@@ -61,7 +60,7 @@ static __always_inline __u32 psock_msg_bytes(struct sk_psock *psock)
 
 	if (!psock)
 		return 0;
-	if (__builtin_preserve_field_info(psock->msg_tot_len, PSOCK_FIELD_EXISTS)) {
+	if (__builtin_preserve_field_info(psock->msg_tot_len, CORE_FIELD_EXISTS)) {
 		bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len);
 		return queued;
 	}
@@ -71,8 +70,7 @@ static __always_inline __u32 psock_msg_bytes(struct sk_psock *psock)
 	for (i = 0; i < PSOCK_WALK_MAX; i++) {
 		if (!pos || pos == head)
 			return queued;
-		msg = (struct sk_msg *)((void *)pos -
-					__builtin_preserve_field_info(((struct sk_msg *)0)->list, PSOCK_FIELD_BYTE_OFFSET));
+		msg = CORE_CONTAINER_OF(pos, struct sk_msg, list);
 		size = 0;
 		if (bpf_probe_read_kernel(&size, sizeof(size), &msg->sg.size) ||
 		    bpf_probe_read_kernel(&pos, sizeof(pos), &pos->next))

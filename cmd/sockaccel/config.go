@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -156,10 +155,8 @@ func checkRunFlags(fs *flag.FlagSet) (runSettings, error) {
 	if n := get("backlog-bytes").(uint); n > 1<<31 {
 		return s, fmt.Errorf("invalid --backlog-bytes %d (want 0-2147483648)", n)
 	}
-	if f := fs.Lookup("http-max-requests"); f != nil {
-		if n, err := strconv.Atoi(f.Value.String()); err != nil || n < 1 {
-			return s, fmt.Errorf("invalid --http-max-requests %s (want at least 1)", f.Value)
-		}
+	if n := get("http-max-requests").(int); n < 1 {
+		return s, fmt.Errorf("invalid --http-max-requests %d (want at least 1)", n)
 	}
 	if s.gcInterval = get("gc-interval").(time.Duration); s.gcInterval <= 0 {
 		return s, fmt.Errorf("invalid --gc-interval %s (want a positive duration)", s.gcInterval)

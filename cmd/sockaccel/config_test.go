@@ -28,6 +28,7 @@ func testRunFlags() *flag.FlagSet {
 	fs.Bool("conntrack", true, "")
 	fs.Duration("gc-interval", 30*time.Second, "")
 	fs.Uint("backlog-bytes", 0, "")
+	fs.Int("http-max-requests", 8, "")
 	fs.String("config", "", "")
 	fs.Bool("check-config", false, "")
 	return fs
