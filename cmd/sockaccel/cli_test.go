@@ -193,9 +193,20 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// fileLog is a daemon's stderr as a file: the daemon writes it directly,
+// so a line is readable as soon as the write returns, before anything the
+// daemon does next (a pipe copied by a goroutine can lag behind, and a
+// test of "logged before READY=1" then fails at random).
+type fileLog struct{ path string }
+
+func (l fileLog) String() string {
+	b, _ := os.ReadFile(l.path)
+	return string(b)
+}
+
 type daemon struct {
 	*exec.Cmd
-	log *syncBuffer
+	log fileLog
 	api string // its API socket
 }
 
@@ -231,8 +242,13 @@ func launchDaemon(t *testing.T, env []string, args ...string) daemon {
 	}
 	cmd := exec.Command(sockaccelBin, append([]string{"run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
-	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
+	stderr := fileLog{filepath.Join(t.TempDir(), "stderr")}
+	f, err := os.Create(stderr.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd.Stderr = f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
