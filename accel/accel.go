@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -241,6 +242,9 @@ func (a *Accelerator) start() error {
 	// Two sockets per connection, one conntrack entry.
 	spec.Maps[accelMapSaSockhash].MaxEntries = 2 * a.cfg.MaxConns
 	spec.Maps[accelMapSaConntrack].MaxEntries = a.cfg.MaxConns
+	if err := setDaemonPIDNamespace(spec); err != nil {
+		return err
+	}
 
 	carried, err := carryValues(a.cfg.PinDir, spec.Maps)
 	if err != nil {
@@ -723,11 +727,22 @@ func (a *Accelerator) closeHandles() error {
 	return errors.Join(errs...)
 }
 
+// defaultTCPRmemMax is net.ipv4.tcp_rmem[2] on a host that never set it
+// (6 MiB since Linux 4.20).
+const defaultTCPRmemMax = 6 << 20
+
 // tcpRmemMax is net.ipv4.tcp_rmem[2]: how far TCP autotuning may grow a
 // receive buffer, and so how much TCP itself would let a peer queue.
 func tcpRmemMax() (uint32, error) {
 	const path = "/proc/sys/net/ipv4/tcp_rmem"
 	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		// /proc shows processes only (the unit's ProcSubset=pid). The
+		// programs read each receiver's own namespace's value; this one
+		// is their fallback, should that read ever fail, and the kernel's
+		// default ceiling is as good a guess as any.
+		return defaultTCPRmemMax, nil
+	}
 	if err != nil {
 		return 0, fmt.Errorf("read %s: %w", path, err)
 	}

@@ -237,6 +237,8 @@ const (
 	accelProgSaRedirect       = "sa_redirect"
 	accelProgSaSetsockopt     = "sa_setsockopt"
 	accelProgSaSockops        = "sa_sockops"
+	accelVarDaemonPidnsDev    = "daemon_pidns_dev"
+	accelVarDaemonPidnsIno    = "daemon_pidns_ino"
 	accelVarUnusedConfigFlags = "unused_config_flags"
 	accelVarUnusedCtSide      = "unused_ct_side"
 	accelVarUnusedLearnedEnd  = "unused_learned_end"
@@ -326,6 +328,8 @@ type accelMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type accelVariableSpecs struct {
+	DaemonPidnsDev    *ebpf.VariableSpec `ebpf:"daemon_pidns_dev"`
+	DaemonPidnsIno    *ebpf.VariableSpec `ebpf:"daemon_pidns_ino"`
 	UnusedConfigFlags *ebpf.VariableSpec `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.VariableSpec `ebpf:"unused_ct_side"`
 	UnusedLearnedEnd  *ebpf.VariableSpec `ebpf:"unused_learned_end"`
@@ -398,6 +402,8 @@ func (m *accelMaps) Close() error {
 //
 // It can be passed to loadAccelObjects or ebpf.CollectionSpec.LoadAndAssign.
 type accelVariables struct {
+	DaemonPidnsDev    *ebpf.Variable `ebpf:"daemon_pidns_dev"`
+	DaemonPidnsIno    *ebpf.Variable `ebpf:"daemon_pidns_ino"`
 	UnusedConfigFlags *ebpf.Variable `ebpf:"unused_config_flags"`
 	UnusedCtSide      *ebpf.Variable `ebpf:"unused_ct_side"`
 	UnusedLearnedEnd  *ebpf.Variable `ebpf:"unused_learned_end"`

@@ -41,6 +41,11 @@ func (a *Accelerator) failStalled(ev UseEvent) {
 	if queued == 0 {
 		return // the application read them after all
 	}
+	if ev.PID == 0 {
+		a.log.Warn("cannot reset a connection stalled in splice: its process is outside this daemon's PID namespace (run the daemon in the host's)",
+			zap.String("comm", ev.Comm), zap.Stringer("local", local), zap.Stringer("remote", remote), zap.Uint32("queued_bytes", queued))
+		return
+	}
 	if err := destroySocket(ev.PID, ev.FD, local, remote, ev.Cookie); err != nil {
 		a.log.Warn("reset a connection stalled in splice", zap.Uint32("pid", ev.PID), zap.String("comm", ev.Comm),
 			zap.Stringer("local", local), zap.Stringer("remote", remote), zap.Error(err))
