@@ -3,6 +3,7 @@
 package stats
 
 import (
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,22 +13,15 @@ import (
 	"github.com/sockaccel/sockaccel/accel/datapath"
 )
 
-// counter is one metric of the table below: every name, help sentence and
-// label is what the hand-written exposition of earlier versions emitted, so
-// dashboards and alerts keep working. Add, never rename.
-type counter struct {
+// gauge is a size or state metric read from Status (counters are in
+// Counters and families). Every name, help sentence and label is what the
+// hand-written exposition of earlier versions emitted, so dashboards and
+// alerts keep working. Add, never rename.
+type gauge struct {
 	name, help string
-	typ        prometheus.ValueType
-	label      string // the one label name, or "" for a single sample
-	samples    func(s *Status) []sample
+	part       string // the read it needs (Part*), "" for none
+	value      func(s *Status) float64
 }
-
-type sample struct {
-	label string
-	value float64
-}
-
-func one(v uint64) []sample { return []sample{{value: float64(v)}} }
 
 func boolValue(b bool) float64 {
 	if b {
@@ -36,91 +30,21 @@ func boolValue(b bool) float64 {
 	return 0
 }
 
-// counters reads everything from a Status built without walking the cgroup
+// gauges reads everything from a Status built without walking the cgroup
 // tree (see Collector).
-var counters = []counter{
-	{"sockaccel_attached", "Whether the sock_ops program is attached to its cgroup (1) or not (0).", prometheus.GaugeValue, "",
-		func(s *Status) []sample { return []sample{{value: boolValue(s.Attached)}} }},
-	{"sockaccel_sockhash_entries", "Sockets currently in the sockhash.", prometheus.GaugeValue, "",
-		func(s *Status) []sample { return one(s.SockhashEntries) }},
-	{"sockaccel_sockhash_entries_limit", "Sockets the sockhash can hold (two per connection).", prometheus.GaugeValue, "",
-		func(s *Status) []sample { return one(2 * uint64(s.MaxConns)) }},
-	{"sockaccel_conntrack_entries", "Connections currently tracked.", prometheus.GaugeValue, "",
-		func(s *Status) []sample { return one(s.Conntrack.Entries) }},
-	{"sockaccel_conntrack_entries_limit", "Connections the conntrack map can hold.", prometheus.GaugeValue, "",
-		func(s *Status) []sample { return one(uint64(s.Conntrack.Capacity)) }},
-	{"sockaccel_msg_redirected_total", "Sends moved straight into the peer socket.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.RedirectedMsgs) }},
-	{"sockaccel_msg_redirected_bytes_total", "Bytes moved straight into the peer socket.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.RedirectedBytes) }},
-	{"sockaccel_msg_passed_total", "Sends of tracked sockets left on the TCP path.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.PassedMsgs) }},
-	{"sockaccel_msg_passed_bytes_total", "Bytes of tracked sockets left on the TCP path.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.PassedBytes) }},
-	{"sockaccel_redirect_errors_total", "Sends whose peer left the sockhash after this socket had redirected to it.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.RedirectErrors) }},
-	{"sockaccel_sockets_established_total", "Established TCP sockets seen in the target cgroup.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.Established) }},
-	{"sockaccel_sockets_accelerated_total", "Sockets put in the sockhash.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.Inserted) }},
-	{"sockaccel_sockets_not_accelerated_total", "Established sockets not put in the sockhash, by reason.", prometheus.CounterValue, "reason",
-		func(s *Status) []sample {
-			return []sample{
-				{"map_full", float64(s.MapFull)},
-				{"excluded_port", float64(s.ExcludedPort)},
-				{"excluded_cidr", float64(s.ExcludedCIDR)},
-				{"excluded_cgroup", float64(s.ExcludedCgroup)},
-				{"early_data", float64(s.EarlyData)},
-				{"insert_error", float64(s.InsertErrors)},
-				{"storage_error", float64(s.StorageErrors)},
-				{"disabled", float64(s.Disabled)},
-				{"blocking", float64(s.Blocking)},
-				{"ulp", float64(s.ULP)},
-				{"excluded_learned", float64(s.ExcludedLearned)},
-				{"repair", float64(s.Repair)},
-				{"no_peer", float64(s.NoPeer)},
-			}
-		}},
-	{"sockaccel_sends_backlog_total", "Sends handed to TCP because the receiver was further behind than the backlog bound.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.OffBacklog) }},
-	{"sockaccel_directions_off_total", "Connection directions taken off the fast path for good, by reason.", prometheus.CounterValue, "reason",
-		func(s *Status) []sample { return []sample{{"setsockopt", float64(s.OffSetsockopt)}} }},
-	{"sockaccel_connections_off_total", "Connections taken off the fast path for good when an application first used a call the redirect path does not honour, by call.", prometheus.CounterValue, "reason",
-		func(s *Status) []sample {
-			return []sample{
-				{"splice", float64(s.OffSplice)},
-				{"waitall", float64(s.OffWaitall)},
-				{"oob", float64(s.OffOOB)},
-				{"fionread", float64(s.OffFIONREAD)},
-			}
-		}},
-	{"sockaccel_splice_stalled_total", "Sockets an application spliced from while redirected bytes were unread (splice cannot return them: exclude that port or cgroup).", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.SpliceStalled) }},
-	{"sockaccel_rcvlowat_lowered_total", "SO_RCVLOWAT calls on sockets that had bytes redirected into them, applied as 1 so that no wait depends on those bytes.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.RcvlowatLowered) }},
-	{"sockaccel_oob_misread_total", "recv(MSG_OOB) calls on sockets holding redirected bytes, which returned an ordinary byte instead of the urgent one (that service is learned from then on with --learn-splice).", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.OOBMisread) }},
-	{"sockaccel_fionread_misread_total", "ioctl(FIONREAD) calls on sockets holding redirected bytes, on a kernel whose FIONREAD leaves those out, so it reported too little (that service is learned from then on with --learn-splice).", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.FIONREADMisread) }},
-	{"sockaccel_directions_resumed_total", "Directions back on the fast path after the receiver read every byte that went through TCP.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.Resumed) }},
-	{"sockaccel_conntrack_closed_total", "Conntrack entries removed, by what removed them.", prometheus.CounterValue, "by",
-		func(s *Status) []sample {
-			return []sample{{"close_callback", float64(s.ClosedDirect)}, {"gc", float64(s.Conntrack.ClosedGC)}}
-		}},
-	{"sockaccel_connections_retired_total", "Connections off the fast path both ways for good whose sockets left the sockhash, back to plain TCP.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.Conntrack.Retired) }},
-	{"sockaccel_lonely_ends_total", "Client ends taken out of the sockhash because their server never joined, back to plain TCP.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.Conntrack.Lonely) }},
-	{"sockaccel_conntrack_full_total", "Connections not tracked because conntrack was full.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.CtFull) }},
-	{"sockaccel_conntrack_gc_runs_total", "Fallback GC passes (zero while nothing needs collecting).", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.Conntrack.GCRuns) }},
-	// Added with client_golang; not in the hand-written exposition.
-	{"sockaccel_conntrack_created_total", "Conntrack entries created.", prometheus.CounterValue, "",
-		func(s *Status) []sample { return one(s.CtCreated) }},
-	{"sockaccel_learned_exclusions", "Services kept on TCP by a learned exclusion (pinned until cleanup).", prometheus.GaugeValue, "",
-		func(s *Status) []sample { return one(uint64(s.LearnedExclusionsCount)) }},
+var gauges = []gauge{
+	{"sockaccel_attached", "Whether the sock_ops program is attached to its cgroup (1) or not (0).", PartLink,
+		func(s *Status) float64 { return boolValue(s.Attached) }},
+	{"sockaccel_sockhash_entries", "Sockets currently in the sockhash.", PartSockhash,
+		func(s *Status) float64 { return float64(s.SockhashEntries) }},
+	{"sockaccel_sockhash_entries_limit", "Sockets the sockhash can hold (two per connection).", "",
+		func(s *Status) float64 { return float64(2 * uint64(s.MaxConns)) }},
+	{"sockaccel_conntrack_entries", "Connections currently tracked.", PartConntrack,
+		func(s *Status) float64 { return float64(s.Conntrack.Entries) }},
+	{"sockaccel_conntrack_entries_limit", "Connections the conntrack map can hold.", PartConntrack,
+		func(s *Status) float64 { return float64(s.Conntrack.Capacity) }},
+	{"sockaccel_learned_exclusions", "Services kept on TCP by a learned exclusion (pinned until cleanup).", PartLearned,
+		func(s *Status) float64 { return float64(s.LearnedExclusionsCount) }},
 }
 
 // Parts of a scrape that can fail on their own; the scrape error counter
@@ -157,7 +81,8 @@ type Collector struct {
 	log     *zap.Logger
 	version string
 
-	descs        []*prometheus.Desc
+	gaugeDescs   []*prometheus.Desc
+	familyDescs  []*prometheus.Desc
 	buildInfo    *prometheus.Desc
 	programs     *prometheus.Desc
 	healthy      *prometheus.Desc
@@ -169,12 +94,15 @@ type Collector struct {
 // registry of its own.
 func NewCollector(src Source, version string, log *zap.Logger) *Collector {
 	c := &Collector{src: src, log: log, version: version}
-	for _, m := range counters {
+	for _, g := range gauges {
+		c.gaugeDescs = append(c.gaugeDescs, prometheus.NewDesc(g.name, g.help, nil, nil))
+	}
+	for _, f := range families {
 		var labels []string
-		if m.label != "" {
-			labels = []string{m.label}
+		if f.label != "" {
+			labels = []string{f.label}
 		}
-		c.descs = append(c.descs, prometheus.NewDesc(m.name, m.help, labels, nil))
+		c.familyDescs = append(c.familyDescs, prometheus.NewDesc(f.name, f.help, labels, nil))
 	}
 	c.buildInfo = prometheus.NewDesc("sockaccel_build_info", "Version of the running sockaccel binary.", []string{"version"}, nil)
 	c.programs = prometheus.NewDesc("sockaccel_program_attached",
@@ -196,7 +124,10 @@ func NewCollector(src Source, version string, log *zap.Logger) *Collector {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range c.descs {
+	for _, d := range c.gaugeDescs {
+		ch <- d
+	}
+	for _, d := range c.familyDescs {
 		ch <- d
 	}
 	ch <- c.buildInfo
@@ -216,15 +147,23 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		c.scrapeErrors.WithLabelValues(part).Inc()
 		c.log.Warn("read for metrics", zap.String("part", part), zap.Error(err))
 	}
-	for i, m := range counters {
-		if skip := partsOf(m.name); failed[skip[0]] != nil || failed[skip[1]] != nil {
+	for i, g := range gauges {
+		if g.part == "" || failed[g.part] == nil {
+			ch <- prometheus.MustNewConstMetric(c.gaugeDescs[i], prometheus.GaugeValue, g.value(&s))
+		}
+	}
+	for i, f := range families {
+		// A failed read leaves out the families it feeds rather than
+		// reporting zeros.
+		members := familyCounters(f.name)
+		if slices.ContainsFunc(members, func(m Counter) bool { return failed[m.part()] != nil }) {
 			continue
 		}
-		for _, sm := range m.samples(&s) {
-			if m.label == "" {
-				ch <- prometheus.MustNewConstMetric(c.descs[i], m.typ, sm.value)
+		for _, m := range members {
+			if f.label == "" {
+				ch <- prometheus.MustNewConstMetric(c.familyDescs[i], prometheus.CounterValue, float64(s.Value(m.Key)))
 			} else {
-				ch <- prometheus.MustNewConstMetric(c.descs[i], m.typ, sm.value, sm.label)
+				ch <- prometheus.MustNewConstMetric(c.familyDescs[i], prometheus.CounterValue, float64(s.Value(m.Key)), m.Label)
 			}
 		}
 	}
@@ -250,33 +189,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.scrapeErrors.Collect(ch)
 }
 
-// partsOf names the parts of the aggregates a metric comes from, so that a
-// failed read leaves out its metrics rather than reporting zeros.
-func partsOf(name string) [2]string {
-	switch name {
-	case "sockaccel_attached":
-		return [2]string{PartLink}
-	case "sockaccel_sockhash_entries":
-		return [2]string{PartSockhash}
-	case "sockaccel_conntrack_entries", "sockaccel_conntrack_entries_limit", "sockaccel_connections_retired_total", "sockaccel_conntrack_gc_runs_total":
-		return [2]string{PartConntrack}
-	case "sockaccel_conntrack_closed_total":
-		return [2]string{PartConntrack, PartStats}
-	case "sockaccel_learned_exclusions":
-		return [2]string{PartLearned}
-	case "sockaccel_sockhash_entries_limit":
-		return [2]string{}
-	}
-	return [2]string{PartStats}
-}
-
 // MetricNames lists the names of the metrics the Collector exposes (a
 // histogram by its base name), for checking dashboards and alert rules.
 func MetricNames() []string {
 	names := []string{"sockaccel_build_info", "sockaccel_program_attached", "sockaccel_healthy",
 		"sockaccel_conntrack_gc_running_seconds", "sockaccel_scrape_errors_total", "sockaccel_conntrack_gc_duration_seconds"}
-	for _, m := range counters {
-		names = append(names, m.name)
+	for _, g := range gauges {
+		names = append(names, g.name)
+	}
+	for _, f := range families {
+		names = append(names, f.name)
 	}
 	return names
 }
