@@ -4,11 +4,11 @@ function med(s,    a, n, i, j, t) {
 	n = split(s, a, " ")
 	for (i = 2; i <= n; i++)
 		for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
-	if (n == 0) return "-"
+	if (n == 0) { lo = hi = "-"; return "-" }
 	lo = a[1]; hi = a[n]
 	return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
 }
-function fmt(s, d,    m) { m = med(s); return sprintf("%." d "f (%." d "f-%." d "f)", m, lo, hi) }
+function fmt(s, d,    m) { m = med(s); if (m == "-") return "-"; return sprintf("%." d "f (%." d "f-%." d "f)", m, lo, hi) }
 NR == 1 { next }
 {
 	topo = $1; test = $2; mode = $3; r = $4
@@ -25,7 +25,7 @@ END {
 	print ""
 	print "ns of BPF time (bpf_stats), median over rounds (min-max); runs per unit in brackets. @b: the second binary (SOCKACCEL_B)."
 	print ""
-	print "| topology | program | mode | TCP_CRR ns/connection | runs/connection | TCP_RR ns/message | TCP_STREAM ns/message |"
+	print "| topology | program | mode | TCP_CRR ns/connection | runs/connection | TCP_RR ns/run (sk_msg: per message) | TCP_STREAM ns/run (sk_msg: per 64 KiB send) |"
 	print "| --- | --- | --- | --- | --- | --- | --- |"
 	np = split("sa_sockops accelerated|sa_sockops@b accelerated_b|proto_sockops prototype|sa_redirect accelerated|sa_redirect@b accelerated_b|proto_redirect prototype|sa_setsockopt accelerated|sa_setsockopt@b accelerated_b", hp, "|")
 	for (t in topos) for (i = 1; i <= np; i++) {
@@ -67,6 +67,7 @@ END {
 			x = tput[t SUBSEP test SUBSEP "accelerated_b" SUBSEP r]
 			if (x > 0 && a > 0) ba = ba " " x / a
 		}
+		if (ab == "") continue
 		printf "| %s | %s | %s | %s | %s | %s | %s |\n", t, test, fmt(ab, 2), fmt(pb, 2), fmt(ap, 2), au == "" ? "-" : fmt(au, 2), ba == "" ? "-" : fmt(ba, 2)
 	}
 }
