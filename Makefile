@@ -79,6 +79,13 @@ deps:
 bench: build
 	QUICK='$(QUICK)' SMOKE='$(SMOKE)' PROTO='$(PROTO)' OUT='$(OUT)' SOCKACCEL='$(BIN)' CC='$(CC)' GO='$(GO)' bash bench/run.sh
 
+# BPF time per connection and per message of every program beside the bare
+# prototype (root; a few minutes on an idle host): make bench-cost
+# [SOCKACCEL_B=other/sockaccel]; see bench/README.md.
+.PHONY: bench-cost
+bench-cost: build
+	OUT='$(OUT)' SOCKACCEL='$(BIN)' SOCKACCEL_B='$(SOCKACCEL_B)' CC='$(CC)' GO='$(GO)' bash bench/cost.sh
+
 # Source install: the binary under PREFIX, the unit in /etc/systemd/system
 # with ExecStart pointing at it (the unit in systemd/ says /usr/bin, where
 # the Debian package puts it).

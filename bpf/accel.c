@@ -444,19 +444,19 @@ static __always_inline void ct_set_side(struct ct_entry *e, __u32 side, __u64 co
 }
 
 /* Records this end in its connection's conntrack entry and asks for the
- * state callback that removes the entry at TCP_CLOSE. */
+ * state callback that removes the entry at TCP_CLOSE. An accepted end
+ * passes the client's entry it already looked up (one hash lookup fewer per
+ * connection); a client passes NULL. */
 static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock *sk, struct sock *ks,
-				     struct sock_state *state, struct accel_stats *st)
+				     struct sock_state *state, struct accel_stats *st, struct ct_entry *e)
 {
 	__u32 side = state->side & 1;
 	__u64 cookie = bpf_get_socket_cookie(skops);
 	__u64 cgroup_id = sock_cgroup_id(ks);
-	struct ct_entry *e;
 	long err;
 
 	/* The first end creates the entry, already holding its own side, the
 	 * second joins it. */
-	e = state->side == CT_SIDE_ACTIVE ? NULL : bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 	if (!e) {
 		struct ct_entry fresh = {};
 
@@ -598,6 +598,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 {
 	struct accel_stats *st = stats();
 	struct accel_config *cfg = config();
+	struct ct_entry *client = NULL;
 	struct sock_state *state;
 	struct sock_key key = {};
 	__u32 family = skops->family;
@@ -725,8 +726,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	 * tcp_bpf_recvmsg, whose blocking reader gets EAGAIN from the
 	 * write-space wake-ups of those sends. */
 	if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && !(flags & CONFIG_F_NO_CONNTRACK)) {
-		struct ct_entry *client = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
-
+		client = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 		if (!client || !client->cookie[CT_SIDE_ACTIVE]) {
 			__sync_fetch_and_add(&st->no_peer, 1);
 			return;
@@ -758,7 +758,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	}
 	__sync_fetch_and_add(&st->inserted, 1);
 	if (!(flags & CONFIG_F_NO_CONNTRACK))
-		ct_track(skops, sk, ks, state, st);
+		ct_track(skops, sk, ks, state, st, client);
 }
 
 SEC("sockops")
@@ -1070,7 +1070,10 @@ int sa_redirect(struct sk_msg_md *msg)
 	}
 
 	if (bpf_msg_redirect_hash(msg, &sa_sockhash, &state->peer, BPF_F_INGRESS) == SK_PASS) {
-		state->flags |= SOCK_F_REDIRECTED;
+		/* Set once: a store on every message would dirty the line
+		 * for nothing. */
+		if (!(state->flags & SOCK_F_REDIRECTED))
+			state->flags |= SOCK_F_REDIRECTED;
 		st->redirected_msgs++;
 		st->redirected_bytes += size;
 		if (e) {

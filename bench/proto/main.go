@@ -16,20 +16,31 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 func main() {
 	cgroupPath := flag.String("cgroup", "", "cgroup v2 directory to attach sock_ops to")
+	stats := flag.Bool("stats", false, "keep BPF run-time statistics (run_time_ns, run_cnt) on while running, through a BPF_ENABLE_STATS descriptor rather than the host-wide sysctl, so nobody else's setting is touched (bench/cost.sh)")
 	flag.Parse()
-	if err := run(*cgroupPath); err != nil {
+	if err := run(*cgroupPath, *stats); err != nil {
 		fmt.Fprintln(os.Stderr, "proto:", err)
 		os.Exit(1)
 	}
 }
 
-func run(cgroupPath string) error {
+func run(cgroupPath string, stats bool) error {
 	if cgroupPath == "" {
 		return errors.New("-cgroup is required")
+	}
+	if stats {
+		// The kernel counts holders: statistics stay on while this
+		// descriptor or the sysctl says so, and go off with the last.
+		c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			return fmt.Errorf("enable BPF run-time statistics: %w", err)
+		}
+		defer c.Close()
 	}
 	var objs protoObjects
 	if err := loadProtoObjects(&objs, nil); err != nil {
