@@ -101,10 +101,13 @@ http {
 }
 
 // nginx with sendfile: curl fetches a 32 MiB file (also through a rate
-// limit, which makes curl a slow reader and exercises the backlog bound),
-// and wrk hammers a small file over keep-alive connections.
+// limit, which makes curl a slow reader), and wrk hammers a small file over
+// keep-alive connections. The backlog bound is wide: with the autotuned one
+// how much of a bulk fetch is redirected depends on how the scheduler
+// treats curl (10 of 64 MiB with both CPUs busy with other work), and this
+// test is about nginx, not the bound (TestBackpressureLikeTCP is).
 func TestNginx(t *testing.T) {
-	h := newAppHost(t, 241, nil, "nginx", "curl", "wrk")
+	h := newAppHost(t, 241, func(c *accel.Config) { c.BacklogBytes = 64 << 20 }, "nginx", "curl", "wrk")
 	www := filepath.Join(h.dir, "www")
 	os.MkdirAll(www, 0o755)
 	bigSum := randomFile(t, filepath.Join(www, "big"), 32<<20)
@@ -132,8 +135,6 @@ func TestNginx(t *testing.T) {
 		t.Fatal("wrk completed no requests")
 	}
 	after := h.n.stats(t)
-	// The rate-limited fetch is a slow reader: past the backlog bound part
-	// of it goes through TCP's flow control, as it should.
 	checkAppAccelerated(t, before, after, 32<<20)
 }
 
