@@ -22,41 +22,43 @@ type accelAccelConfig struct {
 }
 
 type accelAccelStats struct {
-	_               structs.HostLayout
-	Established     uint64
-	Inserted        uint64
-	MapFull         uint64
-	InsertErrors    uint64
-	ExcludedPort    uint64
-	ExcludedCidr    uint64
-	EarlyData       uint64
-	StorageErrors   uint64
-	Disabled        uint64
-	Blocking        uint64
-	RedirectedMsgs  uint64
-	RedirectedBytes uint64
-	PassedMsgs      uint64
-	PassedBytes     uint64
-	RedirectErrors  uint64
-	CtCreated       uint64
-	CtFull          uint64
-	ClosedDirect    uint64
-	OffBacklog      uint64
-	OffSetsockopt   uint64
-	Resumed         uint64
-	OffSplice       uint64
-	OffWaitall      uint64
-	OffOob          uint64
-	SpliceStalled   uint64
-	ExcludedCgroup  uint64
-	RcvlowatLowered uint64
-	OobMisread      uint64
-	Ulp             uint64
-	ExcludedLearned uint64
-	Repair          uint64
-	FionreadMisread uint64
-	OffFionread     uint64
-	NoPeer          uint64
+	_                structs.HostLayout
+	Established      uint64
+	Inserted         uint64
+	MapFull          uint64
+	InsertErrors     uint64
+	ExcludedPort     uint64
+	ExcludedCidr     uint64
+	EarlyData        uint64
+	StorageErrors    uint64
+	Disabled         uint64
+	Blocking         uint64
+	RedirectedMsgs   uint64
+	RedirectedBytes  uint64
+	PassedMsgs       uint64
+	PassedBytes      uint64
+	RedirectErrors   uint64
+	CtCreated        uint64
+	CtFull           uint64
+	ClosedDirect     uint64
+	OffBacklog       uint64
+	OffSetsockopt    uint64
+	Resumed          uint64
+	OffSplice        uint64
+	OffWaitall       uint64
+	OffOob           uint64
+	SpliceStalled    uint64
+	ExcludedCgroup   uint64
+	RcvlowatLowered  uint64
+	OobMisread       uint64
+	Ulp              uint64
+	ExcludedLearned  uint64
+	Repair           uint64
+	FionreadMisread  uint64
+	OffFionread      uint64
+	NoPeer           uint64
+	TokenNoRoom      uint64
+	TokenUnconfirmed uint64
 }
 
 type accelCidrKey struct {
@@ -144,13 +146,15 @@ type accelLonelyEvent struct {
 type accelSockFlags uint32
 
 const (
-	accelSockFlagsSOCK_F_TCP_PATH   accelSockFlags = 1
-	accelSockFlagsSOCK_F_REDIRECTED accelSockFlags = 2
-	accelSockFlagsSOCK_F_TRACKED    accelSockFlags = 4
-	accelSockFlagsSOCK_F_NO_INGRESS accelSockFlags = 8
-	accelSockFlagsSOCK_F_NO_ACCEL   accelSockFlags = 16
-	accelSockFlagsSOCK_F_REPAIR     accelSockFlags = 32
-	accelSockFlagsSOCK_F_LONELY     accelSockFlags = 64
+	accelSockFlagsSOCK_F_TCP_PATH      accelSockFlags = 1
+	accelSockFlagsSOCK_F_REDIRECTED    accelSockFlags = 2
+	accelSockFlagsSOCK_F_TRACKED       accelSockFlags = 4
+	accelSockFlagsSOCK_F_NO_INGRESS    accelSockFlags = 8
+	accelSockFlagsSOCK_F_NO_ACCEL      accelSockFlags = 16
+	accelSockFlagsSOCK_F_REPAIR        accelSockFlags = 32
+	accelSockFlagsSOCK_F_LONELY        accelSockFlags = 64
+	accelSockFlagsSOCK_F_TOKEN         accelSockFlags = 128
+	accelSockFlagsSOCK_F_TOKEN_NO_ROOM accelSockFlags = 256
 )
 
 type accelSockKey struct {
@@ -169,6 +173,11 @@ type accelSockState struct {
 	CtKey accelSockKey
 	Flags uint32
 	Side  uint32
+}
+
+type accelTokenKey struct {
+	_ structs.HostLayout
+	K [2]uint64
 }
 
 type accelUseEvent struct {
@@ -225,6 +234,7 @@ const (
 	accelMapSaSockState       = "sa_sock_state"
 	accelMapSaSockhash        = "sa_sockhash"
 	accelMapSaStats           = "sa_stats"
+	accelMapSaTokenKey        = "sa_token_key"
 	accelMapSaUseGate         = "sa_use_gate"
 	accelMapSaUseMarks        = "sa_use_marks"
 	accelProgSaDetIoctl       = "sa_det_ioctl"
@@ -318,6 +328,7 @@ type accelMapSpecs struct {
 	SaSockState   *ebpf.MapSpec `ebpf:"sa_sock_state"`
 	SaSockhash    *ebpf.MapSpec `ebpf:"sa_sockhash"`
 	SaStats       *ebpf.MapSpec `ebpf:"sa_stats"`
+	SaTokenKey    *ebpf.MapSpec `ebpf:"sa_token_key"`
 	SaUseGate     *ebpf.MapSpec `ebpf:"sa_use_gate"`
 	SaUseMarks    *ebpf.MapSpec `ebpf:"sa_use_marks"`
 }
@@ -369,6 +380,7 @@ type accelMaps struct {
 	SaSockState   *ebpf.Map `ebpf:"sa_sock_state"`
 	SaSockhash    *ebpf.Map `ebpf:"sa_sockhash"`
 	SaStats       *ebpf.Map `ebpf:"sa_stats"`
+	SaTokenKey    *ebpf.Map `ebpf:"sa_token_key"`
 	SaUseGate     *ebpf.Map `ebpf:"sa_use_gate"`
 	SaUseMarks    *ebpf.Map `ebpf:"sa_use_marks"`
 }
@@ -389,6 +401,7 @@ func (m *accelMaps) Close() error {
 		m.SaSockState,
 		m.SaSockhash,
 		m.SaStats,
+		m.SaTokenKey,
 		m.SaUseGate,
 		m.SaUseMarks,
 	)

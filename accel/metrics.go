@@ -78,6 +78,8 @@ var counters = []counter{
 				{"excluded_learned", float64(s.ExcludedLearned)},
 				{"repair", float64(s.Repair)},
 				{"no_peer", float64(s.NoPeer)},
+				{"token_no_room", float64(s.TokenNoRoom)},
+				{"token_unconfirmed", float64(s.TokenUnconfirmed)},
 			}
 		}},
 	{"sockaccel_sends_backlog_total", "Sends handed to TCP because the receiver was further behind than the backlog bound.", prometheus.CounterValue, "",

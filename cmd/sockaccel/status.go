@@ -46,8 +46,8 @@ func runStatus(args []string) error {
 	fmt.Fprintf(w, "closed:\tdirect=%d gc=%d (gc runs %d)\n", st.ClosedDirect, st.ClosedGC, st.GCRuns)
 	fmt.Fprintf(w, "retired to plain TCP:\t%d\n", st.Retired)
 	fmt.Fprintf(w, "lonely client ends to plain TCP:\t%d\n", st.Lonely)
-	fmt.Fprintf(w, "not accelerated:\tmap_full=%d excluded_port=%d excluded_cidr=%d excluded_cgroup=%d excluded_learned=%d early_data=%d insert_errors=%d disabled=%d blocking=%d ulp=%d repair=%d no_peer=%d\n",
-		st.MapFull, st.ExcludedPort, st.ExcludedCIDR, st.ExcludedCgroup, st.ExcludedLearned, st.EarlyData, st.InsertErrors, st.Disabled, st.Blocking, st.ULP, st.Repair, st.NoPeer)
+	fmt.Fprintf(w, "not accelerated:\tmap_full=%d excluded_port=%d excluded_cidr=%d excluded_cgroup=%d excluded_learned=%d early_data=%d insert_errors=%d disabled=%d blocking=%d ulp=%d repair=%d no_peer=%d token_no_room=%d token_unconfirmed=%d\n",
+		st.MapFull, st.ExcludedPort, st.ExcludedCIDR, st.ExcludedCgroup, st.ExcludedLearned, st.EarlyData, st.InsertErrors, st.Disabled, st.Blocking, st.ULP, st.Repair, st.NoPeer, st.TokenNoRoom, st.TokenUnconfirmed)
 	fmt.Fprintf(w, "taken off the fast path:\tbacklog=%d setsockopt=%d splice=%d waitall=%d oob=%d fionread=%d (resumed %d)\n",
 		st.OffBacklog, st.OffSetsockopt, st.OffSplice, st.OffWaitall, st.OffOOB, st.OffFIONREAD, st.Resumed)
 	fmt.Fprintf(w, "splice stalled:\t%d\n", st.SpliceStalled)
