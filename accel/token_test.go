@@ -1,0 +1,366 @@
+//go:build linux
+
+package accel_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/sockaccel/sockaccel/accel"
+	"github.com/sockaccel/sockaccel/accel/testenv"
+)
+
+// The pairing token option (bpf/token.h): kind 254, length 12, ExID 0x5341.
+const (
+	tokenKind = 254
+	tokenLen  = 12
+	tokenExID = 0x5341
+)
+
+// handshakeSeg is a SYN or SYN-ACK seen on the wire.
+type handshakeSeg struct {
+	srcPort, dstPort uint16
+	seq              uint32
+	synack           bool
+	token            []byte // the option's 8 token bytes, nil if absent
+}
+
+// capture opens a packet socket on lo in ns; handshake then returns the
+// SYN and SYN-ACK it saw for the connection to port. On loopback both are
+// queued to the packet socket before connect() returns, so reading what is
+// queued (without waiting) is enough.
+func capture(t *testing.T, ns *testenv.Netns) (handshake func(port uint16) (syn, synack *handshakeSeg)) {
+	t.Helper()
+	var fd int
+	ns.Do(t, func() {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			t.Fatalf("packet socket: %v", err)
+		}
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: lo.Index}); err != nil {
+			t.Fatalf("bind packet socket: %v", err)
+		}
+	})
+	t.Cleanup(func() { unix.Close(fd) })
+	return func(port uint16) (syn, synack *handshakeSeg) {
+		buf := make([]byte, 65536)
+		for {
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			if errors.Is(err, unix.EAGAIN) {
+				return syn, synack
+			}
+			if err != nil {
+				t.Fatalf("read packet socket: %v", err)
+			}
+			s := parseHandshake(buf[:n])
+			if s == nil {
+				continue
+			}
+			if !s.synack && s.dstPort == port && syn == nil {
+				syn = s
+			}
+			if s.synack && s.srcPort == port && synack == nil {
+				synack = s
+			}
+		}
+	}
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// parseHandshake reads an IPv4 or IPv6 packet (no extension headers) and
+// returns it if it is a SYN or SYN-ACK.
+func parseHandshake(p []byte) *handshakeSeg {
+	if len(p) < 1 {
+		return nil
+	}
+	var tcp []byte
+	switch p[0] >> 4 {
+	case 4:
+		ihl := int(p[0]&0xf) * 4
+		if len(p) < ihl+20 || p[9] != unix.IPPROTO_TCP {
+			return nil
+		}
+		tcp = p[ihl:]
+	case 6:
+		if len(p) < 40+20 || p[6] != unix.IPPROTO_TCP {
+			return nil
+		}
+		tcp = p[40:]
+	default:
+		return nil
+	}
+	flags := tcp[13]
+	if flags&0x02 == 0 {
+		return nil
+	}
+	s := &handshakeSeg{
+		srcPort: binary.BigEndian.Uint16(tcp[0:]),
+		dstPort: binary.BigEndian.Uint16(tcp[2:]),
+		seq:     binary.BigEndian.Uint32(tcp[4:]),
+		synack:  flags&0x10 != 0,
+	}
+	off := int(tcp[12]>>4) * 4
+	if off > len(tcp) {
+		return nil
+	}
+	for opts := tcp[20:off]; len(opts) > 0; {
+		switch opts[0] {
+		case 0:
+			return s
+		case 1:
+			opts = opts[1:]
+			continue
+		}
+		if len(opts) < 2 || int(opts[1]) < 2 || int(opts[1]) > len(opts) {
+			return s
+		}
+		o := opts[:opts[1]]
+		if o[0] == tokenKind && len(o) == tokenLen && binary.BigEndian.Uint16(o[2:]) == tokenExID {
+			s.token = append([]byte(nil), o[4:]...)
+		}
+		opts = opts[len(o):]
+	}
+	return s
+}
+
+// ctKey is a conntrack key (struct sock_key) read from the pinned map.
+type ctKey struct {
+	localPort, remotePort uint16 // host byte order
+	localISN, remoteISN   uint32
+}
+
+func conntrackKeys(t *testing.T, pin string) []ctKey {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pin, accel.ConntrackMapName), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var (
+		k     []byte
+		v     []byte
+		out   []ctKey
+		order = binary.NativeEndian
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, ctKey{
+			localISN:   order.Uint32(k[32:]),
+			remoteISN:  order.Uint32(k[36:]),
+			localPort:  binary.BigEndian.Uint16(k[40:]),
+			remotePort: binary.BigEndian.Uint16(k[42:]),
+		})
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func statsOf(t *testing.T, a *accel.Accelerator) accel.Stats {
+	t.Helper()
+	s, err := a.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// A connection in scope carries a token in its SYN, the listener echoes it
+// in its SYN-ACK, and both ends' keys hold it: the conntrack key's ISN
+// fields are the wire ISNs XOR the token's halves, so nobody who knows only
+// the tuple and the ISNs can name the key. IPv4 and IPv6.
+func TestPairingTokenOnTheWire(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.TempCgroup(t)
+	pin := testenv.TempPinDir(t)
+	ns := testenv.NewNetns(t)
+	ep := testenv.Endpoint{Netns: ns, Cgroup: &cg}
+	acc := testenv.Start(t, accel.Config{Cgroup: cg, PinDir: pin, MaxConns: 1024})
+	handshake := capture(t, ns)
+
+	for _, c := range []struct{ network, addr string }{
+		{"tcp4", "127.0.0.1:7391"},
+		{"tcp6", "[::1]:7392"},
+	} {
+		before := statsOf(t, acc)
+		ln := ep.Listen(t, c.network, c.addr)
+		p := testenv.Connect(t, ep, ln, c.network, c.addr, 1)[0]
+		port := uint16(ln.Addr().(*net.TCPAddr).Port)
+		syn, synack := handshake(port)
+		if syn == nil || synack == nil {
+			t.Fatalf("%s: captured SYN %v, SYN-ACK %v; want both", c.network, syn, synack)
+		}
+		if syn.token == nil || synack.token == nil || string(syn.token) != string(synack.token) {
+			t.Fatalf("%s: SYN token %x, SYN-ACK token %x; want the same 8 bytes in both", c.network, syn.token, synack.token)
+		}
+		t0, t1 := binary.NativeEndian.Uint32(syn.token[0:]), binary.NativeEndian.Uint32(syn.token[4:])
+		found := false
+		for _, k := range conntrackKeys(t, pin) {
+			if k.localPort != syn.srcPort || k.remotePort != port {
+				continue
+			}
+			found = true
+			if k.localISN != syn.seq^t0 || k.remoteISN != synack.seq^t1 {
+				t.Errorf("%s: conntrack key ISN fields %#x/%#x, want wire ISNs %#x/%#x XOR token %#x/%#x",
+					c.network, k.localISN, k.remoteISN, syn.seq, synack.seq, t0, t1)
+			}
+		}
+		if !found {
+			t.Errorf("%s: no conntrack entry for client port %d", c.network, syn.srcPort)
+		}
+		if _, err := p.Client.Write([]byte("token")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(p.Server, make([]byte, 5)); err != nil {
+			t.Fatal(err)
+		}
+		s := statsOf(t, acc)
+		t.Logf("%s: token %x, inserted +%d, redirected +%d", c.network, syn.token, s.Inserted-before.Inserted, s.RedirectedMsgs-before.RedirectedMsgs)
+		if s.Inserted-before.Inserted != 2 || s.RedirectedMsgs == before.RedirectedMsgs {
+			t.Errorf("%s: inserted +%d, redirected +%d; want 2 and at least 1", c.network, s.Inserted-before.Inserted, s.RedirectedMsgs-before.RedirectedMsgs)
+		}
+		p.Client.Close()
+		p.Server.Close()
+	}
+}
+
+// md5Control gives a socket a TCP-MD5 key for peer: both ends need it, and
+// its 18-byte option leaves a SYN no room for the token's 12.
+func md5Control(peer netip.Addr) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		sig := unix.TCPMD5Sig{Keylen: 6}
+		copy(sig.Key[:], "secret")
+		if peer.Is4() {
+			sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sig.Addr))
+			sa.Family = unix.AF_INET
+			sa.Addr = peer.As4()
+		} else {
+			sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&sig.Addr))
+			sa.Family = unix.AF_INET6
+			sa.Addr = peer.As16()
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptTCPMD5Sig(int(fd), unix.IPPROTO_TCP, unix.TCP_MD5SIG, &sig)
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set TCP_MD5SIG: %w", serr)
+		}
+		return nil
+	}
+}
+
+// Whatever keeps the token from making the round trip (a middlebox that
+// strips the option from the SYN or from the SYN-ACK, a SYN with no room
+// left for it) leaves that connection on plain TCP at both ends, counted,
+// with every byte intact; a SYN retransmitted after a loss carries the same
+// token and pairs.
+func TestPairingTokenMissing(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	testenv.RequireTools(t, "iptables")
+	cg := testenv.TempCgroup(t)
+	pin := testenv.TempPinDir(t)
+	acc := testenv.Start(t, accel.Config{Cgroup: cg, PinDir: pin, MaxConns: 1024})
+
+	for i, c := range []struct {
+		name     string
+		rule     []string // an iptables rule in the mangle or filter table, OUTPUT
+		md5      bool
+		paired   bool
+		counters func(d accel.Stats) [2]uint64 // client's reason, server's reason
+	}{
+		{name: "option stripped from the SYN",
+			rule:     []string{"-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "SYN,ACK", "SYN", "-j", "TCPOPTSTRIP", "--strip-options", "254"},
+			counters: func(d accel.Stats) [2]uint64 { return [2]uint64{d.TokenUnconfirmed, d.NoPeer} }},
+		{name: "option stripped from the SYN-ACK",
+			rule:     []string{"-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "SYN,ACK", "SYN,ACK", "-j", "TCPOPTSTRIP", "--strip-options", "254"},
+			counters: func(d accel.Stats) [2]uint64 { return [2]uint64{d.TokenUnconfirmed, d.NoPeer} }},
+		{name: "no room in the SYN (TCP-MD5)", md5: true,
+			counters: func(d accel.Stats) [2]uint64 { return [2]uint64{d.TokenNoRoom, d.NoPeer} }},
+		{name: "first SYN lost, retransmitted", paired: true,
+			rule: []string{"-t", "filter", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "SYN,ACK", "SYN", "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0", "-j", "DROP"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns := testenv.NewNetns(t)
+			ep := testenv.Endpoint{Netns: ns, Cgroup: &cg}
+			if c.rule != nil {
+				ns.Run(t, append([]string{"iptables"}, c.rule...)...)
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", 7400+i)
+			lo := netip.MustParseAddr("127.0.0.1")
+			var (
+				ln     net.Listener
+				client net.Conn
+				err    error
+			)
+			lc := net.ListenConfig{}
+			d := net.Dialer{}
+			if c.md5 {
+				lc.Control = md5Control(lo)
+				d.Control = md5Control(lo)
+			}
+			ep.Do(t, func() { ln, err = lc.Listen(context.Background(), "tcp4", addr) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			before := statsOf(t, acc)
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				s, err := ln.Accept()
+				if err != nil {
+					s = nil
+				}
+				accepted <- s
+			}()
+			ep.Do(t, func() { client, err = d.Dial("tcp4", addr) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			server := <-accepted
+			if server == nil {
+				t.Fatal("accept failed")
+			}
+			if err := testenv.Exchange(client.(*net.TCPConn), server.(*net.TCPConn), 4<<20, 4<<20, uint64(i), testenv.Concurrent); err != nil {
+				t.Fatalf("bytes not intact: %v", err)
+			}
+			dl := statsOf(t, acc)
+			ins := dl.Inserted - before.Inserted
+			t.Logf("inserted +%d, redirected +%d bytes, token_no_room +%d, token_unconfirmed +%d, no_peer +%d",
+				ins, dl.RedirectedBytes-before.RedirectedBytes, dl.TokenNoRoom-before.TokenNoRoom,
+				dl.TokenUnconfirmed-before.TokenUnconfirmed, dl.NoPeer-before.NoPeer)
+			if c.paired {
+				if ins != 2 || dl.RedirectedBytes == before.RedirectedBytes {
+					t.Errorf("inserted +%d, redirected +%d bytes; want 2 and some", ins, dl.RedirectedBytes-before.RedirectedBytes)
+				}
+				return
+			}
+			got, was := c.counters(dl), c.counters(before)
+			if ins != 0 || dl.RedirectedBytes != before.RedirectedBytes || got[0]-was[0] != 1 || got[1]-was[1] != 1 {
+				t.Errorf("inserted +%d, redirected +%d bytes, client reason +%d, server reason +%d; want 0, 0, 1, 1",
+					ins, dl.RedirectedBytes-before.RedirectedBytes, got[0]-was[0], got[1]-was[1])
+			}
+		})
+	}
+}
