@@ -8,7 +8,9 @@
 #   bench/ab.sh BINARY_A BINARY_B [ROUNDS]
 #
 # Prints one CSV row per run and, per topology and test, the median of
-# B/A over the rounds. Needs root, netperf, jq. Everything it creates
+# B/A over the rounds, of the transaction rate and of the CPU time both
+# ends' processes used per transaction (the cgroup's cpu.stat usage_usec:
+# what other load on a shared machine moves least). Needs root, netperf, jq. Everything it creates
 # (namespaces, cgroups, pin dirs, processes) is removed on exit.
 set -euo pipefail
 
@@ -90,7 +92,8 @@ for m in A B; do
 done
 
 declare -A HOST=([loopback]=127.0.0.1 [veth]=10.231.0.2) CLIENT=([loopback]=ab${ID}lo [veth]=ab${ID}c)
-echo "round,topology,test,mode,trans_per_s"
+usage() { awk '$1 == "usage_usec" { print $2 }' "$1/cpu.stat"; }
+echo "round,topology,test,mode,trans_per_s,cpu_us_per_trans" | tee "$TMPD/csv"
 for r in $(seq "$ROUNDS"); do
 	order=(A B)
 	((r % 2)) || order=(B A)
@@ -99,14 +102,17 @@ for r in $(seq "$ROUNDS"); do
 			len=$RR_LEN
 			[[ $test != TCP_CRR ]] || len=-$CRR_CONNS
 			for m in "${order[@]}"; do
+				u0=$(usage "${CG[$m]}")
 				launch "${CG[$m]}" "${CLIENT[$topo]}" taskset -c 0 netperf -H "${HOST[$topo]}" -p "${PORT[$m]}" \
-					-t "$test" -l "$len" -T 0,1 -P 0 -- -r 1,1 -o TRANSACTION_RATE >"$TMPD/out" 2>&1 &
+					-t "$test" -l "$len" -T 0,1 -P 0 -- -r 1,1 -o TRANSACTION_RATE,ELAPSED_TIME >"$TMPD/out" 2>&1 &
 				wait $! || { cat "$TMPD/out" >&2; exit 1; }
-				echo "$r,$topo,$test,$m,$(grep -E '^[0-9.]+' "$TMPD/out" | tail -n 1)"
+				u1=$(usage "${CG[$m]}")
+				IFS=, read -r rate secs < <(grep -E '^[0-9.]+,' "$TMPD/out" | tail -n 1)
+				echo "$r,$topo,$test,$m,$rate,$(awk -v u=$((u1 - u0)) -v r="$rate" -v s="$secs" 'BEGIN { printf "%.2f", u / (r * s) }')"
 			done
 		done
 	done
-done | tee "$TMPD/csv"
+done | tee -a "$TMPD/csv"
 for m in A B; do
 	bin=$A
 	[[ $m == A ]] || bin=$B
@@ -117,8 +123,9 @@ python3 - "$TMPD/csv" <<'PY'
 import csv, statistics, sys
 runs = {}
 for row in csv.DictReader(open(sys.argv[1])):
-    runs.setdefault((row["topology"], row["test"]), {}).setdefault(row["round"], {})[row["mode"]] = float(row["trans_per_s"])
+    for col in ("trans_per_s", "cpu_us_per_trans"):
+        runs.setdefault((row["topology"], row["test"], col), {}).setdefault(row["round"], {})[row["mode"]] = float(row[col])
 for key, rounds in sorted(runs.items()):
     r = sorted(v["B"] / v["A"] for v in rounds.values() if v.get("A") and "B" in v)
-    print(f"{key[0]},{key[1]}: median B/A {statistics.median(r):.3f} over {len(r)} rounds (min {r[0]:.3f}, max {r[-1]:.3f})")
+    print(f"{key[0]},{key[1]},{key[2]}: median B/A {statistics.median(r):.3f} over {len(r)} rounds (min {r[0]:.3f}, max {r[-1]:.3f})")
 PY
