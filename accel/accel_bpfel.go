@@ -155,6 +155,7 @@ const (
 	accelSockFlagsSOCK_F_LONELY        accelSockFlags = 64
 	accelSockFlagsSOCK_F_TOKEN         accelSockFlags = 128
 	accelSockFlagsSOCK_F_TOKEN_NO_ROOM accelSockFlags = 256
+	accelSockFlagsSOCK_F_TOKEN_ACK     accelSockFlags = 512
 )
 
 type accelSockKey struct {

@@ -592,3 +592,41 @@ func TestForgedHandshakeNeverPaired(t *testing.T) {
 		})
 	}
 }
+
+// A listener that called listen() before sockaccel attached (a service
+// running when it is installed or upgraded) keeps no SYN and echoes
+// nothing: its client sends the token once more in the handshake's final
+// ACK, the accepted end reads it there, and the connection is paired.
+func TestPairingTokenListenerBeforeStart(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.TempCgroup(t)
+	pin := testenv.TempPinDir(t)
+	ns := testenv.NewNetns(t)
+	ep := testenv.Endpoint{Netns: ns, Cgroup: &cg}
+	addrs := map[string]string{"tcp4": "127.0.0.1:7421", "tcp6": "[::1]:7422"}
+	lns := map[string]*net.TCPListener{}
+	for network, addr := range addrs {
+		lns[network] = ep.Listen(t, network, addr)
+	}
+	acc := testenv.Start(t, accel.Config{Cgroup: cg, PinDir: pin, MaxConns: 1024})
+	handshake, _ := capture(t, ns)
+	for _, network := range []string{"tcp4", "tcp6"} {
+		ln := lns[network]
+		handshake(0) // what the last exchange left queued
+		before := statsOf(t, acc)
+		p := testenv.Connect(t, ep, ln, network, addrs[network], 1)[0]
+		syn, synack := handshake(uint16(ln.Addr().(*net.TCPAddr).Port))
+		if syn == nil || syn.token == nil || synack == nil || synack.token != nil {
+			t.Fatalf("%s: SYN %+v, SYN-ACK %+v; want a token in the SYN only", network, syn, synack)
+		}
+		if err := testenv.Exchange(p.Client, p.Server, 1<<20, 1<<20, 1, testenv.Concurrent); err != nil {
+			t.Fatalf("%s: %v", network, err)
+		}
+		s := statsOf(t, acc)
+		t.Logf("%s: inserted +%d, redirected +%d bytes, no_peer +%d, token_unconfirmed +%d", network, s.Inserted-before.Inserted,
+			s.RedirectedBytes-before.RedirectedBytes, s.NoPeer-before.NoPeer, s.TokenUnconfirmed-before.TokenUnconfirmed)
+		if s.Inserted-before.Inserted != 2 || s.RedirectedBytes == before.RedirectedBytes {
+			t.Errorf("%s: inserted +%d, redirected +%d bytes; want 2 and some", network, s.Inserted-before.Inserted, s.RedirectedBytes-before.RedirectedBytes)
+		}
+	}
+}

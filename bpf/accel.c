@@ -572,6 +572,8 @@ static __always_inline void skops_tuple(struct bpf_sock_ops *skops, __u32 family
 	key->remote_port = (__u16)(skops->remote_port >> 16);
 }
 
+#include "token.h"
+
 /* A listener in scope answers a SYN: remember the connection, as its client
  * will see it, so that the client inserts itself only if its server is a
  * local socket in scope (see track_established). Runs before the SYN-ACK
@@ -581,7 +583,8 @@ static __always_inline void note_server(struct bpf_sock_ops *skops)
 	struct accel_config *cfg = config();
 	struct sock_key server = {}, client = {};
 	__u32 family = skops->family;
-	__u32 one = 1;
+	/* Until its SYN-ACK says otherwise (token_mark_echo). */
+	__u32 one = TOKEN_SERVER_LEGACY;
 
 	if (!cfg || (cfg->flags & CONFIG_F_NO_NEW) || (family != AF_INET && family != AF_INET6))
 		return;
@@ -594,8 +597,6 @@ static __always_inline void note_server(struct bpf_sock_ops *skops)
 	client.remote_port = server.local_port;
 	bpf_map_update_elem(&sa_servers, &client, &one, BPF_ANY);
 }
-
-#include "token.h"
 
 static __always_inline void track_established(struct bpf_sock_ops *skops)
 {
@@ -796,8 +797,8 @@ int sa_sockops(struct bpf_sock_ops *skops)
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		token_cb_off(skops);
 		track_established(skops);
+		token_established(skops);
 		break;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		token_on_connect(skops);

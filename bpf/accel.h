@@ -131,6 +131,10 @@ enum sock_flags {
 	SOCK_F_TOKEN = 1 << 7,
 	/* Its SYN had no room for the token option: it is not paired. */
 	SOCK_F_TOKEN_NO_ROOM = 1 << 8,
+	/* A client of a listener from before sockaccel attached (which keeps
+	 * no SYN and echoes nothing): paired, its handshake's final ACK
+	 * carries the token to the server. */
+	SOCK_F_TOKEN_ACK = 1 << 9,
 };
 
 /* Runtime switches the daemon flips without reloading programs. */

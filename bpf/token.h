@@ -21,6 +21,17 @@
  *     establishment from the SYN its listener saved (TCP_SAVE_SYN, set when
  *     the listener in scope called listen()).
  *
+ * A listener that called listen() before this program was attached keeps
+ * no SYN and writes no SYN-ACK option (sock_ops can set neither on a
+ * socket it sees no callback for). Every listener's answer records the
+ * client's tuple in sa_servers as from such a listener, and a listener of
+ * ours overwrites that as it writes its SYN-ACK; a client whose SYN-ACK has
+ * no echo and whose record says so pairs without the echo and
+ * sends the token once more in the handshake's final ACK, and the accepted
+ * end reads it from that ACK. If that ACK is lost the accepted end is
+ * established by the client's first data, without a token, and stays
+ * plain TCP: its client is then a lonely end (see report_lonely).
+ *
  * Nothing here ever fails a handshake: no room for the option, no saved
  * SYN, no key: that connection is simply not paired.
  *
@@ -37,6 +48,7 @@
  * not know it ignores the option. */
 #define TOKEN_EXID 0x5341
 #define TOKEN_OPT_LEN 12 /* kind, length, ExID, 64-bit token */
+#define ENOENT 2
 #define ENOMSG 42
 #define SOL_TCP 6
 #define TCP_SAVE_SYN 27
@@ -52,6 +64,13 @@ struct token_opt {
 
 struct token_key {
 	__u64 k[2];
+};
+
+/* What a listener answering a SYN is, as sa_servers records it for the
+ * client. */
+enum token_server {
+	TOKEN_SERVER_ECHO = 1,   /* keeps SYNs, echoes the token */
+	TOKEN_SERVER_LEGACY = 2, /* listen() came before us: token in the ACK */
 };
 
 /* Why token_fold found no token. */
@@ -110,13 +129,51 @@ static __always_inline __u64 siphash16(const struct token_key *key, __u64 m0, __
 }
 
 /* The write-header callbacks cost a program run per segment: on only for a
- * client's SYN and a listener's SYN-ACKs, off again at establishment. */
-static __always_inline void token_cb_off(struct bpf_sock_ops *skops)
+ * client's SYN (and its final ACK to a listener from before us) and a
+ * listener's SYN-ACKs, off again at establishment. */
+static __always_inline void token_cb_off(struct bpf_sock_ops *skops, struct sock_state *keep)
 {
 	__u32 cb = skops->bpf_sock_ops_cb_flags;
 
+	if (keep && (keep->flags & SOCK_F_TOKEN_ACK))
+		return;
 	if (cb & BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG)
 		bpf_sock_ops_cb_flags_set(skops, cb & ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+}
+
+/* At establishment, after track_established: callbacks off, unless the
+ * final ACK still has to carry the token. */
+static __always_inline void token_established(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+
+	token_cb_off(skops, sk ? bpf_sk_storage_get(&sa_sock_state, sk, 0, 0) : NULL);
+}
+
+/* After establishment, once the final ACK went out (or could not carry
+ * the token): no more options from this socket. */
+static __always_inline void token_ack_done(struct bpf_sock_ops *skops, struct sock_state *state)
+{
+	state->flags &= ~SOCK_F_TOKEN_ACK;
+	token_cb_off(skops, NULL);
+}
+
+/* A listener of ours answers a SYN: its client's record (note_server, just
+ * before) says it echoes. */
+static __always_inline void token_mark_echo(struct bpf_sock_ops *skops)
+{
+	struct sock_key server = {}, client = {};
+	__u32 family = skops->family;
+	__u32 echo = TOKEN_SERVER_ECHO;
+
+	if (family != AF_INET && family != AF_INET6)
+		return;
+	skops_tuple(skops, family, &server);
+	__builtin_memcpy(client.local_ip, server.remote_ip, sizeof(client.local_ip));
+	__builtin_memcpy(client.remote_ip, server.local_ip, sizeof(client.remote_ip));
+	client.local_port = server.remote_port;
+	client.remote_port = server.local_port;
+	bpf_map_update_elem(&sa_servers, &client, &echo, BPF_EXIST);
 }
 
 /* connect(): draw this connection's token and keep it in the socket's state
@@ -177,21 +234,43 @@ static __always_inline int token_load(struct bpf_sock_ops *skops, struct token_o
 	return 0;
 }
 
-/* What a SYN or SYN-ACK of ours carries: the client's drawn token, or the
- * token of the SYN a listener answers. 0 if this segment carries none (a
- * SYN-ACK in SYN cookie mode neither: the cookie keeps no SYN to read the
- * token from at establishment, so the client must not pair). */
+/* What a segment of ours carries: the client's drawn token in its SYN (and
+ * in its final ACK to a listener from before us), or the token of the SYN a
+ * listener answers. 0 if this segment carries none (a SYN-ACK in SYN cookie
+ * mode neither: the cookie keeps no SYN to read the token from at
+ * establishment, so the client must not pair). *client is the client's
+ * state, *final_ack whether this is that ACK. */
 static __always_inline int token_outgoing(struct bpf_sock_ops *skops, struct token_opt *opt,
-					  struct sock_state **client)
+					  struct sock_state **client, int *final_ack)
 {
 	__u32 tcp_flags = skops->skb_tcp_flags;
 	struct bpf_sock *sk;
 	struct sock_state *state;
 
 	*client = NULL;
-	if (!(tcp_flags & TCPHDR_SYN))
-		return -ENOMSG;
+	*final_ack = 0;
+	if (!(tcp_flags & TCPHDR_SYN)) {
+		if (!(tcp_flags & TCPHDR_ACK))
+			return -ENOMSG;
+		sk = skops->sk;
+		if (!sk)
+			return -ENOMSG;
+		state = bpf_sk_storage_get(&sa_sock_state, sk, 0, 0);
+		if (!state || !(state->flags & SOCK_F_TOKEN_ACK))
+			return -ENOMSG;
+		/* The key is the ISNs XOR the token: take the ISNs back out. */
+		opt->kind = TCPOPT_EXP;
+		opt->len = TOKEN_OPT_LEN;
+		opt->exid = bpf_htons(TOKEN_EXID);
+		opt->tok[0] = state->ct_key.local_isn ^ (skops->snd_una - (__u32)skops->bytes_acked);
+		opt->tok[1] = state->ct_key.remote_isn ^ (skops->rcv_nxt - (__u32)skops->bytes_received - 1);
+		*client = state;
+		*final_ack = 1;
+		return 0;
+	}
 	if (tcp_flags & TCPHDR_ACK) {
+		if (skops->op == BPF_SOCK_OPS_HDR_OPT_LEN_CB)
+			token_mark_echo(skops);
 		if (skops->args[0] == BPF_WRITE_HDR_TCP_SYNACK_COOKIE)
 			return -ENOMSG;
 		return token_load(skops, opt, BPF_LOAD_HDR_OPT_TCP_SYN);
@@ -215,9 +294,17 @@ static __always_inline void token_hdr_len(struct bpf_sock_ops *skops)
 {
 	struct sock_state *client;
 	struct token_opt opt;
+	int final_ack;
 
-	if (token_outgoing(skops, &opt, &client))
+	if (token_outgoing(skops, &opt, &client, &final_ack))
 		return;
+	if (final_ack) {
+		/* Only a pure ACK: a data segment was sized without the
+		 * option. Then the server gets no token (see above). */
+		if (skops->skb_len || bpf_reserve_hdr_opt(skops, TOKEN_OPT_LEN, 0))
+			token_ack_done(skops, client);
+		return;
+	}
 	/* No room (TCP-MD5, MPTCP, other programs' options): this
 	 * connection goes without a token, and so unpaired. */
 	if (bpf_reserve_hdr_opt(skops, TOKEN_OPT_LEN, 0) && client)
@@ -228,12 +315,17 @@ static __always_inline void token_hdr_write(struct bpf_sock_ops *skops)
 {
 	struct sock_state *client;
 	struct token_opt opt;
+	int final_ack;
+	long err;
 
-	if (token_outgoing(skops, &opt, &client))
+	if (token_outgoing(skops, &opt, &client, &final_ack))
 		return;
 	/* A failure leaves the reserved bytes as NOPs: no echo, or no token
 	 * in the SYN, and the connection is not paired. */
-	if (bpf_store_hdr_opt(skops, &opt, sizeof(opt), 0) && client)
+	err = bpf_store_hdr_opt(skops, &opt, sizeof(opt), 0);
+	if (final_ack)
+		token_ack_done(skops, client);
+	else if (err && client)
 		client->flags = (client->flags & ~SOCK_F_TOKEN) | SOCK_F_TOKEN_NO_ROOM;
 }
 
@@ -245,6 +337,7 @@ static __always_inline int token_fold(struct bpf_sock_ops *skops, struct sock_st
 {
 	struct token_opt opt;
 	__u32 had = state->flags;
+	int err;
 
 	state->flags &= ~(SOCK_F_TOKEN | SOCK_F_TOKEN_NO_ROOM);
 	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
@@ -252,16 +345,34 @@ static __always_inline int token_fold(struct bpf_sock_ops *skops, struct sock_st
 
 		if (!(had & SOCK_F_TOKEN))
 			return (had & SOCK_F_TOKEN_NO_ROOM) ? TOKEN_NO_ROOM : TOKEN_UNCONFIRMED;
-		/* The SYN-ACK must echo exactly what we sent. */
-		if (token_load(skops, &opt, 0) || opt.tok[0] != t0 || opt.tok[1] != t1)
+		/* The SYN-ACK must echo exactly what we sent, unless it came
+		 * from a listener from before us, which echoes nothing: the
+		 * final ACK then takes the token to it. */
+		err = token_load(skops, &opt, 0);
+		if (err == -ENOMSG) {
+			struct sock_key tuple = *key;
+			__u32 *kind;
+
+			tuple.local_isn = 0;
+			tuple.remote_isn = 0;
+			kind = bpf_map_lookup_elem(&sa_servers, &tuple);
+			if (!kind || *kind != TOKEN_SERVER_LEGACY)
+				return TOKEN_UNCONFIRMED;
+			state->flags |= SOCK_F_TOKEN_ACK;
+		} else if (err || opt.tok[0] != t0 || opt.tok[1] != t1) {
 			return TOKEN_UNCONFIRMED;
+		}
 		key->local_isn ^= t0;
 		key->remote_isn ^= t1;
 		return 0;
 	}
-	/* No saved SYN (a listener from before we attached, a SYN cookie) or
-	 * no option in it (a client elsewhere, or stripped on the way). */
-	if (token_load(skops, &opt, BPF_LOAD_HDR_OPT_TCP_SYN))
+	/* No saved SYN (a listener from before we attached: the final ACK
+	 * has it; a SYN cookie) or no option in it (a client elsewhere, or
+	 * stripped on the way). */
+	err = token_load(skops, &opt, BPF_LOAD_HDR_OPT_TCP_SYN);
+	if (err == -ENOENT)
+		err = token_load(skops, &opt, 0);
+	if (err)
 		return TOKEN_ABSENT;
 	key->local_isn ^= opt.tok[1];
 	key->remote_isn ^= opt.tok[0];
