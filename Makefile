@@ -70,7 +70,7 @@ test-kernel:
 # What the tests and the benchmark drive, installed with apt-get (root; the
 # prometheus package for promtool, which the metrics tests run): the
 # tests themselves never install anything.
-TEST_PACKAGES := iproute2 python3 libpython3.11-testsuite gcc libc6-dev nginx curl wrk redis-server redis-tools haproxy prometheus
+TEST_PACKAGES := iproute2 iptables python3 libpython3.11-testsuite gcc libc6-dev nginx curl wrk redis-server redis-tools haproxy prometheus
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_PACKAGES)

@@ -101,6 +101,7 @@ struct tcp_sock {
 	__u32 copied_seq; /* what the application has read from TCP */
 	__u8 repair : 1;  /* TCP_REPAIR: sequence numbers set by the caller */
 	__u32 snd_una;    /* first byte we sent that is not acknowledged */
+	__u64 bytes_acked; /* snd_una - ISN, so 1 once the SYN is acknowledged */
 } __attribute__((preserve_access_index));
 
 
@@ -571,6 +572,8 @@ static __always_inline void skops_tuple(struct bpf_sock_ops *skops, __u32 family
 	key->remote_port = (__u16)(skops->remote_port >> 16);
 }
 
+#include "token.h"
+
 /* A listener in scope answers a SYN: remember the connection, as its client
  * will see it, so that the client inserts itself only if its server is a
  * local socket in scope (see track_established). Runs before the SYN-ACK
@@ -580,7 +583,8 @@ static __always_inline void note_server(struct bpf_sock_ops *skops)
 	struct accel_config *cfg = config();
 	struct sock_key server = {}, client = {};
 	__u32 family = skops->family;
-	__u32 one = 1;
+	/* Until its SYN-ACK says otherwise (token_mark_echo). */
+	__u32 one = TOKEN_SERVER_LEGACY;
 
 	if (!cfg || (cfg->flags & CONFIG_F_NO_NEW) || (family != AF_INET && family != AF_INET6))
 		return;
@@ -606,6 +610,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	struct sock *ks;
 	__u32 flags;
 	long err;
+	int miss;
 
 	if (!st || !cfg)
 		return;
@@ -689,13 +694,38 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		return;
 	}
 	/* Keep what setsockopt said before establishment. */
-	state->flags &= SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH | SOCK_F_REPAIR;
+	state->flags &= SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH | SOCK_F_REPAIR | SOCK_F_TOKEN |
+			SOCK_F_TOKEN_NO_ROOM;
 	if (state->flags & SOCK_F_REPAIR) {
 		__sync_fetch_and_add(&st->repair, 1);
 		return;
 	}
 	if (state->flags & SOCK_F_NO_ACCEL) {
 		__sync_fetch_and_add(&st->off_setsockopt, 1);
+		return;
+	}
+	/* Without the pairing token the key could be someone else's. */
+	miss = token_fold(skops, state, &key);
+	if (miss == TOKEN_ABSENT) {
+		/* Its client is elsewhere or not in scope (it would have sent
+		 * one), or the token was stripped: never a paired client. */
+		__sync_fetch_and_add(&st->no_peer, 1);
+		return;
+	}
+	if (miss) {
+		/* A client: not paired either way; counted as no_peer when no
+		 * listener in scope answered it at all (consuming the record
+		 * as below), by the token's fate when one did. */
+		struct sock_key tuple = key;
+
+		tuple.local_isn = 0;
+		tuple.remote_isn = 0;
+		if (bpf_map_delete_elem(&sa_servers, &tuple))
+			__sync_fetch_and_add(&st->no_peer, 1);
+		else if (miss == TOKEN_NO_ROOM)
+			__sync_fetch_and_add(&st->token_no_room, 1);
+		else
+			__sync_fetch_and_add(&st->token_unconfirmed, 1);
 		return;
 	}
 	/* SO_RCVLOWAT is inherited from the listener; poll on the psock
@@ -768,6 +798,19 @@ int sa_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		track_established(skops);
+		token_established(skops);
+		break;
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		token_on_connect(skops);
+		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		token_on_listen(skops);
+		break;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		token_hdr_len(skops);
+		break;
+	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+		token_hdr_write(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == TCP_CLOSE)
@@ -1002,7 +1045,8 @@ static __always_inline void report_lonely(struct bpf_sock *sk, struct sock_state
 	struct tcp_sock *me = bpf_skc_to_tcp_sock(sk);
 	struct lonely_event *ev;
 
-	if (!me || me->snd_una == state->ct_key.local_isn + 1)
+	/* (The key's ISN fields carry the pairing token: bytes_acked says it.) */
+	if (!me || me->bytes_acked <= 1)
 		return; /* nothing acknowledged yet: the server may still join */
 	ev = bpf_ringbuf_reserve(&sa_lonely, sizeof(*ev), 0);
 	if (!ev)

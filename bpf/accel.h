@@ -18,6 +18,12 @@
  * generated within the same 64 ns; a colliding insert is refused (NOEXIST),
  * counted, and that connection simply stays on the TCP path.
  *
+ * Neither can a local process choose: both ISN fields also carry the
+ * connection's 64-bit pairing token, XORed in (bpf/token.h), which only the
+ * two ends of the handshake know. Keys of connections established before
+ * the token (an older version's, adopted across a restart) have none and
+ * keep their pairing until they close.
+ *
  * IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d) so that an AF_INET
  * client pairs with a dual-stack AF_INET6 server socket. */
 struct sock_key {
@@ -118,6 +124,17 @@ enum sock_flags {
 	SOCK_F_REPAIR = 1 << 5,
 	/* This end was reported to the daemon as lonely (sa_lonely). */
 	SOCK_F_LONELY = 1 << 6,
+	/* A connect()ing socket before establishment: ct_key.local_isn and
+	 * ct_key.remote_isn hold its pairing token (bpf/token.h), not a key;
+	 * its SYN carries it. Cleared at establishment, where the token goes
+	 * into the key. */
+	SOCK_F_TOKEN = 1 << 7,
+	/* Its SYN had no room for the token option: it is not paired. */
+	SOCK_F_TOKEN_NO_ROOM = 1 << 8,
+	/* A client of a listener from before sockaccel attached (which keeps
+	 * no SYN and echoes nothing): paired, its handshake's final ACK
+	 * carries the token to the server. */
+	SOCK_F_TOKEN_ACK = 1 << 9,
 };
 
 /* Runtime switches the daemon flips without reloading programs. */
@@ -232,6 +249,14 @@ struct accel_stats {
 	 * also a client that was excluded, refused or left out as blocking).
 	 * It would be a lonely end. */
 	__u64 no_peer;
+	/* not accelerated: a client whose SYN had no room left for the
+	 * pairing token option (TCP-MD5, a Fast Open cookie, other options) */
+	__u64 token_no_room;
+	/* not accelerated: a client whose server is a listener in scope but
+	 * whose SYN-ACK did not echo its pairing token (the option stripped
+	 * on the way, a SYN cookie, a listener from before sockaccel
+	 * attached, no room in the SYN-ACK) */
+	__u64 token_unconfirmed;
 };
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */

@@ -22,41 +22,43 @@ type AccelAccelConfig struct {
 }
 
 type AccelAccelStats struct {
-	_               structs.HostLayout
-	Established     uint64
-	Inserted        uint64
-	MapFull         uint64
-	InsertErrors    uint64
-	ExcludedPort    uint64
-	ExcludedCidr    uint64
-	EarlyData       uint64
-	StorageErrors   uint64
-	Disabled        uint64
-	Blocking        uint64
-	RedirectedMsgs  uint64
-	RedirectedBytes uint64
-	PassedMsgs      uint64
-	PassedBytes     uint64
-	RedirectErrors  uint64
-	CtCreated       uint64
-	CtFull          uint64
-	ClosedDirect    uint64
-	OffBacklog      uint64
-	OffSetsockopt   uint64
-	Resumed         uint64
-	OffSplice       uint64
-	OffWaitall      uint64
-	OffOob          uint64
-	SpliceStalled   uint64
-	ExcludedCgroup  uint64
-	RcvlowatLowered uint64
-	OobMisread      uint64
-	Ulp             uint64
-	ExcludedLearned uint64
-	Repair          uint64
-	FionreadMisread uint64
-	OffFionread     uint64
-	NoPeer          uint64
+	_                structs.HostLayout
+	Established      uint64
+	Inserted         uint64
+	MapFull          uint64
+	InsertErrors     uint64
+	ExcludedPort     uint64
+	ExcludedCidr     uint64
+	EarlyData        uint64
+	StorageErrors    uint64
+	Disabled         uint64
+	Blocking         uint64
+	RedirectedMsgs   uint64
+	RedirectedBytes  uint64
+	PassedMsgs       uint64
+	PassedBytes      uint64
+	RedirectErrors   uint64
+	CtCreated        uint64
+	CtFull           uint64
+	ClosedDirect     uint64
+	OffBacklog       uint64
+	OffSetsockopt    uint64
+	Resumed          uint64
+	OffSplice        uint64
+	OffWaitall       uint64
+	OffOob           uint64
+	SpliceStalled    uint64
+	ExcludedCgroup   uint64
+	RcvlowatLowered  uint64
+	OobMisread       uint64
+	Ulp              uint64
+	ExcludedLearned  uint64
+	Repair           uint64
+	FionreadMisread  uint64
+	OffFionread      uint64
+	NoPeer           uint64
+	TokenNoRoom      uint64
+	TokenUnconfirmed uint64
 }
 
 type AccelCidrKey struct {
@@ -144,13 +146,16 @@ type AccelLonelyEvent struct {
 type AccelSockFlags uint32
 
 const (
-	AccelSockFlagsSOCK_F_TCP_PATH   AccelSockFlags = 1
-	AccelSockFlagsSOCK_F_REDIRECTED AccelSockFlags = 2
-	AccelSockFlagsSOCK_F_TRACKED    AccelSockFlags = 4
-	AccelSockFlagsSOCK_F_NO_INGRESS AccelSockFlags = 8
-	AccelSockFlagsSOCK_F_NO_ACCEL   AccelSockFlags = 16
-	AccelSockFlagsSOCK_F_REPAIR     AccelSockFlags = 32
-	AccelSockFlagsSOCK_F_LONELY     AccelSockFlags = 64
+	AccelSockFlagsSOCK_F_TCP_PATH      AccelSockFlags = 1
+	AccelSockFlagsSOCK_F_REDIRECTED    AccelSockFlags = 2
+	AccelSockFlagsSOCK_F_TRACKED       AccelSockFlags = 4
+	AccelSockFlagsSOCK_F_NO_INGRESS    AccelSockFlags = 8
+	AccelSockFlagsSOCK_F_NO_ACCEL      AccelSockFlags = 16
+	AccelSockFlagsSOCK_F_REPAIR        AccelSockFlags = 32
+	AccelSockFlagsSOCK_F_LONELY        AccelSockFlags = 64
+	AccelSockFlagsSOCK_F_TOKEN         AccelSockFlags = 128
+	AccelSockFlagsSOCK_F_TOKEN_NO_ROOM AccelSockFlags = 256
+	AccelSockFlagsSOCK_F_TOKEN_ACK     AccelSockFlags = 512
 )
 
 type AccelSockKey struct {
@@ -169,6 +174,11 @@ type AccelSockState struct {
 	CtKey AccelSockKey
 	Flags uint32
 	Side  uint32
+}
+
+type AccelTokenKey struct {
+	_ structs.HostLayout
+	K [2]uint64
 }
 
 type AccelUseEvent struct {
@@ -225,6 +235,7 @@ const (
 	AccelMapSaSockState       = "sa_sock_state"
 	AccelMapSaSockhash        = "sa_sockhash"
 	AccelMapSaStats           = "sa_stats"
+	AccelMapSaTokenKey        = "sa_token_key"
 	AccelMapSaUseGate         = "sa_use_gate"
 	AccelMapSaUseMarks        = "sa_use_marks"
 	AccelProgSaDetIoctl       = "sa_det_ioctl"
@@ -320,6 +331,7 @@ type AccelMapSpecs struct {
 	SaSockState   *ebpf.MapSpec `ebpf:"sa_sock_state"`
 	SaSockhash    *ebpf.MapSpec `ebpf:"sa_sockhash"`
 	SaStats       *ebpf.MapSpec `ebpf:"sa_stats"`
+	SaTokenKey    *ebpf.MapSpec `ebpf:"sa_token_key"`
 	SaUseGate     *ebpf.MapSpec `ebpf:"sa_use_gate"`
 	SaUseMarks    *ebpf.MapSpec `ebpf:"sa_use_marks"`
 }
@@ -373,6 +385,7 @@ type AccelMaps struct {
 	SaSockState   *ebpf.Map `ebpf:"sa_sock_state"`
 	SaSockhash    *ebpf.Map `ebpf:"sa_sockhash"`
 	SaStats       *ebpf.Map `ebpf:"sa_stats"`
+	SaTokenKey    *ebpf.Map `ebpf:"sa_token_key"`
 	SaUseGate     *ebpf.Map `ebpf:"sa_use_gate"`
 	SaUseMarks    *ebpf.Map `ebpf:"sa_use_marks"`
 }
@@ -393,6 +406,7 @@ func (m *AccelMaps) Close() error {
 		m.SaSockState,
 		m.SaSockhash,
 		m.SaStats,
+		m.SaTokenKey,
 		m.SaUseGate,
 		m.SaUseMarks,
 	)

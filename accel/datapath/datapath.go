@@ -300,6 +300,11 @@ func (a *Datapath) start() error {
 	if err := a.objs.SaConfig.Put(uint32(0), bpfobj.AccelAccelConfig{Flags: flags, BacklogBytes: a.cfg.BacklogBytes, RcvbufMax: a.rmemMax, SockhashId: uint32(hashID)}); err != nil {
 		return fmt.Errorf("write config map: %w", err)
 	}
+	// Before sock_ops runs: without a key no connection gets a pairing
+	// token, so none is paired (bpf/token.h).
+	if err := writeTokenKey(a.objs.SaTokenKey); err != nil {
+		return err
+	}
 	// sk_msg first: a socket inserted by sock_ops takes the SOCKHASH's
 	// programs at insertion time, so it must already be there. setsockopt
 	// before sock_ops, so no socket is established unseen.

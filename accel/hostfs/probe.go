@@ -40,6 +40,9 @@ func Probe() error {
 		{"bpf_sk_storage_get in sock_ops", "5.3", func() error {
 			return features.HaveProgramHelper(ebpf.SockOps, asm.FnSkStorageGet)
 		}},
+		{"TCP header options in sock_ops (bpf_load_hdr_opt)", "5.10", func() error {
+			return features.HaveProgramHelper(ebpf.SockOps, asm.FnLoadHdrOpt)
+		}},
 		{"bpf_sk_storage_get in sk_msg", "5.12", func() error {
 			return features.HaveProgramHelper(ebpf.SkMsg, asm.FnSkStorageGet)
 		}},

@@ -75,6 +75,8 @@ var Counters = []Counter{
 	{Key: "fionread_misread", BPF: "FionreadMisread", Metric: "sockaccel_fionread_misread_total"},
 	{Key: "off_fionread", BPF: "OffFionread", Metric: connectionsOff, Label: "fionread", Text: "fionread"},
 	{Key: "no_peer", BPF: "NoPeer", Metric: notAccelerated, Label: "no_peer", Text: "no_peer"},
+	{Key: "token_no_room", BPF: "TokenNoRoom", Metric: notAccelerated, Label: "token_no_room", Text: "token_no_room"},
+	{Key: "token_unconfirmed", BPF: "TokenUnconfirmed", Metric: notAccelerated, Label: "token_unconfirmed", Text: "token_unconfirmed"},
 	// struct gc_state, kept by the daemon.
 	{Key: "closed_gc", Metric: "sockaccel_conntrack_closed_total", Label: "gc"},
 	{Key: "gc_runs", Metric: "sockaccel_conntrack_gc_runs_total"},

@@ -127,6 +127,13 @@ type Stats struct {
 	// sockhash (another host, outside the target cgroup, excluded,
 	// refused, blocking in conservative mode).
 	NoPeer uint64 `json:"no_peer"`
+	// Not accelerated: a client whose SYN had no room left for the
+	// pairing token option (TCP-MD5, a Fast Open cookie, other options).
+	TokenNoRoom uint64 `json:"token_no_room"`
+	// Not accelerated: a client answered by a listener in scope whose
+	// SYN-ACK did not echo its pairing token (stripped on the way, a SYN
+	// cookie, a listener from before sockaccel attached).
+	TokenUnconfirmed uint64 `json:"token_unconfirmed"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
