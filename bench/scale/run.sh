@@ -278,6 +278,14 @@ daemon_stop() {
 	DPID=
 }
 
+# dcpu: the daemon's user+system CPU time so far, in clock ticks; CPU time
+# is what a measure costs whatever else the shared machine is doing.
+dcpu() { awk '{ print $14 + $15 }' "/proc/$DPID/stat"; }
+TICK=$(getconf CLK_TCK)
+cpu_per() { # C0 C1 REPS -> seconds per repetition
+	awk -v a="$1" -v b="$2" -v n="$3" -v t="$TICK" 'BEGIN { printf "%.4f", (b - a) / t / n }'
+}
+
 status_json() { "$SOCKACCEL" status --json --pin-dir "$PIN_DIR" --api-socket "$API"; }
 
 gc_hist() { # -> "count sum"
@@ -318,21 +326,28 @@ accelerated() { # COUNT
 		log "warning: sockhash holds $(jq .sockhash_entries <<<"$st") sockets, not $((2 * n))"
 
 	curl -sS -o "$RAW/$n-metrics.txt" "http://127.0.0.1:$MPORT/metrics"
+	local c0
+	c0=$(dcpu)
 	for ((i = 1; i <= REPS; i++)); do
 		record "$n" accel scrape "$i" "$(curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$MPORT/metrics")"
 	done
+	record "$n" accel scrape_cpu 1 "$(cpu_per "$c0" "$(dcpu)" "$REPS")"
+	c0=$(dcpu)
 	for ((i = 1; i <= REPS; i++)); do
 		t0=$EPOCHREALTIME
 		status_json >/dev/null
 		t1=$EPOCHREALTIME
 		record "$n" accel status_json "$i" "$(elapsed "$t0" "$t1")"
 	done
+	record "$n" accel status_json_cpu 1 "$(cpu_per "$c0" "$(dcpu)" "$REPS")"
+	c0=$(dcpu)
 	for ((i = 1; i <= REPS; i++)); do
 		t0=$EPOCHREALTIME
 		"$SOCKACCEL" conns --json --pin-dir "$PIN_DIR" --api-socket "$API" >"$TMPD/conns.json"
 		t1=$EPOCHREALTIME
 		record "$n" accel conns_json "$i" "$(elapsed "$t0" "$t1")"
 	done
+	record "$n" accel conns_json_cpu 1 "$(cpu_per "$c0" "$(dcpu)" "$REPS")"
 	record "$n" accel conns_rows 1 "$(jq length "$TMPD/conns.json")"
 	rm -f "$TMPD/conns.json"
 
