@@ -282,7 +282,7 @@ func waitClosed(ctx context.Context, hash *ebpf.Map, pinDir string, log *zap.Log
 	deadline := time.Now().Add(timeout)
 	detached, logged := false, false
 	for {
-		n, err := countKeys(hash)
+		n, err := countElems(hash, countKeys)
 		if err != nil {
 			return fmt.Errorf("count sockets in the sockhash: %w", err)
 		}

@@ -58,16 +58,11 @@ func ListConns(m *ebpf.Map) ([]Conn, error) {
 	return out, nil
 }
 
-// EachConn calls fn with each conntrack entry of m in map order, holding one
-// at a time; an error from fn stops the walk and is returned.
+// EachConn calls fn with each conntrack entry of m in map order; an error
+// from fn stops the walk and is returned.
 func EachConn(m *ebpf.Map, fn func(Conn) error) error {
 	now := monotonicNow()
-	var (
-		key   accelSockKey
-		entry accelCtEntry
-	)
-	it := m.Iterate()
-	for it.Next(&key, &entry) {
+	return eachEntry(m, func(key accelSockKey, entry *accelCtEntry) error {
 		c := Conn{
 			Client:      netip.AddrPortFrom(keyAddr(key.LocalIp), netToHost16(key.LocalPort)),
 			Server:      netip.AddrPortFrom(keyAddr(key.RemoteIp), netToHost16(key.RemotePort)),
@@ -78,7 +73,7 @@ func EachConn(m *ebpf.Map, fn func(Conn) error) error {
 			ClientLocal: entry.Cookie[0] != 0,
 			ServerLocal: entry.Cookie[1] != 0,
 			Cookies:     entry.Cookie,
-			State:       ctState(entry),
+			State:       ctState(*entry),
 		}
 		if now > entry.EstablishedNs {
 			c.Age = time.Duration(now - entry.EstablishedNs)
@@ -89,7 +84,56 @@ func EachConn(m *ebpf.Map, fn func(Conn) error) error {
 				c.CgroupIDs = append(c.CgroupIDs, entry.CgroupId[side])
 			}
 		}
-		if err := fn(c); err != nil {
+		return fn(c)
+	})
+}
+
+// eachEntry calls fn with every conntrack entry of m, countBatch of them
+// per syscall (BPF_MAP_LOOKUP_BATCH, 5.6+) instead of two syscalls an entry
+// (next key, lookup): at 100k connections those two were most of a GC
+// pass and of `conns` (bench/scale). Kernels or maps without batch lookups
+// are walked key by key. A batch reads whole hash buckets, so an entry
+// deleted under the walk is seen once or not at all, never twice.
+func eachEntry(m *ebpf.Map, fn func(accelSockKey, *accelCtEntry) error) error {
+	size := countBatch
+	keys := make([]accelSockKey, size)
+	vals := make([]accelCtEntry, size)
+	var cursor ebpf.MapBatchCursor
+	for first := true; ; first = false {
+		got, err := m.BatchLookup(&cursor, keys, vals, nil)
+		if first && got == 0 && errors.Is(err, ebpf.ErrNotSupported) {
+			return iterateEntries(m, fn)
+		}
+		if errors.Is(err, unix.ENOSPC) && got == 0 && size < 1<<16 {
+			// One bucket holds more than a batch: the kernel moved
+			// nothing and the cursor stays; retry with room for it.
+			size *= 4
+			keys = make([]accelSockKey, size)
+			vals = make([]accelCtEntry, size)
+			continue
+		}
+		for i := range got {
+			if ferr := fn(keys[i], &vals[i]); ferr != nil {
+				return ferr
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("batch lookup conntrack: %w", err)
+		}
+	}
+}
+
+func iterateEntries(m *ebpf.Map, fn func(accelSockKey, *accelCtEntry) error) error {
+	var (
+		key   accelSockKey
+		entry accelCtEntry
+	)
+	it := m.Iterate()
+	for it.Next(&key, &entry) {
+		if err := fn(key, &entry); err != nil {
 			return err
 		}
 	}
@@ -198,20 +242,17 @@ func (g *gc) collect() (removed, remaining int, err error) {
 		g.metrics.duration.Observe(time.Since(start).Seconds())
 	}()
 	var (
-		key   accelSockKey
-		entry accelCtEntry
 		dead  []accelSockKey
 		total int
 	)
-	it := g.conntrack.Iterate()
-	for it.Next(&key, &entry) {
+	if err := eachEntry(g.conntrack, func(key accelSockKey, entry *accelCtEntry) error {
 		total++
-		if !g.alive(key, entry) {
+		if !g.alive(key, *entry) {
 			dead = append(dead, key)
 		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, total, fmt.Errorf("iterate conntrack: %w", err)
+		return nil
+	}); err != nil {
+		return 0, total, err
 	}
 	for _, k := range dead {
 		// Gone already means the close callback won the race.

@@ -152,9 +152,11 @@ func newGCMetrics() *gcMetrics {
 // the cgroup tree. It reads the stats, config and GC state arrays (one
 // lookup each), counts learned exclusions, runs the health check (which
 // opens each pin to compare it with the held object: a few syscalls a pin),
-// and still walks two maps, because the kernel keeps no element count that
-// user space can read: the sockhash key by key (sockhash has no batch
-// operations) and conntrack in batches.
+// and reads the sockhash and conntrack element counts from their memlock
+// (mapcount.go), so a scrape costs the same at any number of connections.
+// Only on kernels before 6.4, which do not expose those counts, does it
+// walk the two maps: the sockhash key by key (it has no batch operations),
+// conntrack in batches.
 type Collector struct {
 	a       *Accelerator
 	log     *zap.Logger
@@ -289,7 +291,7 @@ func (a *Accelerator) aggregates() (s Status, failed map[string]error) {
 		}
 	}
 	s.MaxConns = a.objs.SaSockhash.MaxEntries() / 2
-	if n, err := countKeys(a.objs.SaSockhash); err != nil {
+	if n, err := countElems(a.objs.SaSockhash, countKeys); err != nil {
 		failed[partSockhash] = fmt.Errorf("count sockhash entries: %w", err)
 	} else {
 		s.SockhashEntries = n

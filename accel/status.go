@@ -151,7 +151,7 @@ func ReadStatus(pinDir string) (Status, error) {
 	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, accelMapSaSockhash), nil); err == nil {
 		defer m.Close()
 		s.MaxConns = m.MaxEntries() / 2
-		n, err := countKeys(m)
+		n, err := countElems(m, countKeys)
 		if err != nil {
 			return s, fmt.Errorf("count sockhash entries: %w", err)
 		}
@@ -278,7 +278,7 @@ func summarizeConntrack(config, conntrack, gc *ebpf.Map) (Conntrack, error) {
 		ct.Enabled = cfg.Flags&uint32(accelConfigFlagsCONFIG_F_NO_CONNTRACK) == 0
 	}
 	if conntrack != nil {
-		n, err := countConntrack(conntrack)
+		n, err := countElems(conntrack, countConntrack)
 		if err != nil {
 			return ct, fmt.Errorf("count conntrack entries: %w", err)
 		}
@@ -375,7 +375,9 @@ func readStats(m *ebpf.Map) (Stats, error) {
 }
 
 // SockhashEntries counts the sockets currently in the SOCKHASH.
-func (a *Accelerator) SockhashEntries() (uint64, error) { return countKeys(a.objs.SaSockhash) }
+func (a *Accelerator) SockhashEntries() (uint64, error) {
+	return countElems(a.objs.SaSockhash, countKeys)
+}
 
 func countKeys(m *ebpf.Map) (uint64, error) {
 	var n uint64
