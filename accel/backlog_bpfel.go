@@ -29,6 +29,7 @@ type backlogSockKey struct {
 const (
 	backlogMapSaSockhash       = "sa_sockhash"
 	backlogProgSockhashBacklog = "sockhash_backlog"
+	backlogProgSockhashCookies = "sockhash_cookies"
 )
 
 // loadBacklog returns the embedded CollectionSpec for backlog.
@@ -74,6 +75,7 @@ type backlogSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type backlogProgramSpecs struct {
 	SockhashBacklog *ebpf.ProgramSpec `ebpf:"sockhash_backlog"`
+	SockhashCookies *ebpf.ProgramSpec `ebpf:"sockhash_cookies"`
 }
 
 // backlogMapSpecs contains maps before they are loaded into the kernel.
@@ -129,11 +131,13 @@ type backlogVariables struct {
 // It can be passed to loadBacklogObjects or ebpf.CollectionSpec.LoadAndAssign.
 type backlogPrograms struct {
 	SockhashBacklog *ebpf.Program `ebpf:"sockhash_backlog"`
+	SockhashCookies *ebpf.Program `ebpf:"sockhash_cookies"`
 }
 
 func (p *backlogPrograms) Close() error {
 	return _BacklogClose(
 		p.SockhashBacklog,
+		p.SockhashCookies,
 	)
 }
 

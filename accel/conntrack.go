@@ -199,6 +199,8 @@ type gc struct {
 	interval atomic.Int64
 	reset    chan struct{}
 	metrics  *gcMetrics
+	// Set once the batched liveness check failed and that was logged.
+	batchWarned atomic.Bool
 }
 
 // setInterval changes the pass interval of a running or future GC loop.
@@ -210,11 +212,21 @@ func (g *gc) setInterval(d time.Duration) {
 	}
 }
 
-// alive reports whether any local end of the entry still exists. The
+// ctCheck is what a GC pass needs of one conntrack entry: the sockhash keys
+// of its local ends still open, with the cookies they must hold. An entry
+// is alive while any of those is in the sockhash with its cookie. The
 // sockhash is the authority: the kernel unlinks a socket from it when the
-// socket is closed, and a user-space lookup returns the socket's cookie, so
-// a reused key cannot pass for the old connection.
-func (g *gc) alive(key accelSockKey, e accelCtEntry) bool {
+// socket is closed, and the cookie keeps a reused key from passing for the
+// old connection.
+type ctCheck struct {
+	key   accelSockKey
+	sides [2]accelSockKey
+	want  [2]uint64
+	n     int
+}
+
+func newCtCheck(key accelSockKey, e *accelCtEntry) ctCheck {
+	c := ctCheck{key: key}
 	for side := range 2 {
 		if e.Cookie[side] == 0 || e.Closed&(1<<side) != 0 {
 			continue
@@ -223,12 +235,84 @@ func (g *gc) alive(key accelSockKey, e accelCtEntry) bool {
 		if side == 1 {
 			k = mirror(key)
 		}
-		var cookie uint64
-		if err := g.sockhash.Lookup(&k, &cookie); err == nil && cookie == e.Cookie[side] {
-			return true
+		c.sides[c.n], c.want[c.n] = k, e.Cookie[side]
+		c.n++
+	}
+	return c
+}
+
+// batchedLivenessMin is the fewest entries for which a GC pass loads
+// backlog.c's sockhash_cookies: loading and verifying it costs more than a
+// few hundred user-space lookups, and a pass that takes longer holds the
+// GC awake longer after the last close.
+const batchedLivenessMin = 1024
+
+// dead returns the keys of the entries none of whose local ends is still
+// in the sockhash, asking backlog.c's sockhash_cookies GCLIVE_MAX keys a
+// syscall for a large map; for a small one, or where that program cannot
+// load or run, it looks each key up from user space.
+func (g *gc) dead(entries []ctCheck) []accelSockKey {
+	var (
+		dead []accelSockKey
+		live []bool
+		err  error
+	)
+	if len(entries) >= batchedLivenessMin {
+		if live, err = g.liveBatched(entries); err != nil && !g.batchWarned.Swap(true) {
+			g.log.Warn("batched liveness unavailable; the GC looks sockets up one by one", zap.Error(err))
 		}
 	}
-	return false
+	for i, c := range entries {
+		ok := false
+		if live != nil {
+			ok = live[i]
+		}
+		for j := 0; live == nil && j < c.n && !ok; j++ {
+			var cookie uint64
+			k := c.sides[j]
+			ok = g.sockhash.Lookup(&k, &cookie) == nil && cookie == c.want[j]
+		}
+		if !ok {
+			dead = append(dead, c.key)
+		}
+	}
+	return dead
+}
+
+// liveBatched reports for each entry whether one of its ends is still in
+// the sockhash: first ends first, then second ends of the entries the first
+// did not settle. The program is loaded for the pass and closed after it,
+// so it holds no reference on the sockhash between passes.
+func (g *gc) liveBatched(entries []ctCheck) ([]bool, error) {
+	r, err := newCookieReader(g.sockhash)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	live := make([]bool, len(entries))
+	for round := range 2 {
+		var (
+			idx  []int
+			keys []accelSockKey
+		)
+		for i, c := range entries {
+			if !live[i] && c.n > round {
+				idx = append(idx, i)
+				keys = append(keys, c.sides[round])
+			}
+		}
+		if len(keys) == 0 {
+			break
+		}
+		got, err := r.cookies(keys)
+		if err != nil {
+			return nil, err
+		}
+		for j, i := range idx {
+			live[i] = got[j] == entries[i].want[round]
+		}
+	}
+	return live, nil
 }
 
 // collect runs one GC pass: it reads the whole map first, then deletes what
@@ -241,19 +325,15 @@ func (g *gc) collect() (removed, remaining int, err error) {
 		g.metrics.started.Store(0)
 		g.metrics.duration.Observe(time.Since(start).Seconds())
 	}()
-	var (
-		dead  []accelSockKey
-		total int
-	)
+	var entries []ctCheck
 	if err := eachEntry(g.conntrack, func(key accelSockKey, entry *accelCtEntry) error {
-		total++
-		if !g.alive(key, *entry) {
-			dead = append(dead, key)
-		}
+		entries = append(entries, newCtCheck(key, entry))
 		return nil
 	}); err != nil {
-		return 0, total, err
+		return 0, len(entries), err
 	}
+	total := len(entries)
+	dead := g.dead(entries)
 	for _, k := range dead {
 		// Gone already means the close callback won the race.
 		if err := g.conntrack.Delete(&k); err == nil {
