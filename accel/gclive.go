@@ -53,9 +53,7 @@ func (r *cookieReader) cookies(keys []accelSockKey) ([]uint64, error) {
 		batch := keys[start:min(start+gcliveMax, len(keys))]
 		pkt := in[:gcliveOffset+len(batch)*gcliveRecSize]
 		for i, k := range batch {
-			if _, err := binary.Encode(pkt[gcliveOffset+i*gcliveRecSize:], binary.NativeEndian, k); err != nil {
-				return nil, fmt.Errorf("encode sockhash key: %w", err)
-			}
+			putKey(pkt[gcliveOffset+i*gcliveRecSize:], k)
 		}
 		got, err := r.prog.Run(&ebpf.RunOptions{Data: pkt, DataOut: res[:len(pkt)]})
 		if err != nil {
@@ -69,4 +67,20 @@ func (r *cookieReader) cookies(keys []accelSockKey) ([]uint64, error) {
 		}
 	}
 	return out, nil
+}
+
+// putKey writes k as the C struct sock_key, without binary.Encode's
+// reflection (a tenth of a 100k GC pass's CPU samples).
+func putKey(b []byte, k accelSockKey) {
+	e := binary.NativeEndian
+	for i, w := range k.LocalIp {
+		e.PutUint32(b[4*i:], w)
+	}
+	for i, w := range k.RemoteIp {
+		e.PutUint32(b[16+4*i:], w)
+	}
+	e.PutUint32(b[32:], k.LocalIsn)
+	e.PutUint32(b[36:], k.RemoteIsn)
+	e.PutUint16(b[40:], k.LocalPort)
+	e.PutUint16(b[42:], k.RemotePort)
 }

@@ -262,7 +262,7 @@ elapsed() { # T0 T1 -> seconds
 	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'
 }
 
-daemon_start() { # -> sets DPID, and READY_S to the seconds from exec to READY=1
+daemon_start() { # -> sets DPID, READY_S (seconds from exec to READY=1) and READY_CPU
 	local out
 	out=$(drop_holder_fds; "$TOOL" start "$RAW/daemon.log" "$SOCKACCEL" run --cgroup "$CG" --pin-dir "$PIN_DIR" \
 		--max-conns "$MAX_CONNS" --metrics-addr "127.0.0.1:$MPORT" --api-socket "$API" \
@@ -270,6 +270,9 @@ daemon_start() { # -> sets DPID, and READY_S to the seconds from exec to READY=1
 	PIN_USED=1
 	DPID=${out% *}
 	READY_S=${out#* }
+	# Everything the new daemon burned from exec to READY=1 (and the few
+	# milliseconds since).
+	READY_CPU=$(cpu_per 0 "$(dcpu)" 1)
 }
 
 daemon_stop() {
@@ -355,15 +358,21 @@ accelerated() { # COUNT
 	# and after the next pass. An empty conntrack has no passes at all (the
 	# GC sleeps on its wake-up ring buffer).
 	if ((n > 0)); then
-		local h0 h1 deadline=$((SECONDS + ${GC_INTERVAL%s} * 3 + 30))
+		local h0 h1 polls=0 deadline=$((SECONDS + ${GC_INTERVAL%s} * 3 + 30))
 		h0=$(gc_hist)
+		c0=$(dcpu)
 		h1=$h0
 		while [[ ${h1% *} == "${h0% *}" ]] && ((SECONDS < deadline)); do
 			sleep 1 # a pass comes every GC_INTERVAL; nothing to wait on
 			h1=$(gc_hist)
+			polls=$((polls + 1))
 		done
 		if [[ ${h1% *} != "${h0% *}" ]]; then
 			record "$n" accel gc_pass 1 "$(awk -v a="$h0" -v b="$h1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.6f", (y[2] - x[2]) / (y[1] - x[1]) }')"
+			# The daemon's CPU over the wait, less the polls' scrapes
+			# (at the CPU per scrape measured above), per pass.
+			record "$n" accel gc_pass_cpu 1 "$(awk -v c="$(cpu_per "$c0" "$(dcpu)" 1)" -v p="$polls" -v s="$(grep "^$n,accel,scrape_cpu," "$CSV" | cut -d, -f5)" -v a="$h0" -v b="$h1" \
+				'BEGIN { split(a, x, " "); split(b, y, " "); v = (c - p * s) / (y[1] - x[1]); printf "%.4f", v < 0 ? 0 : v }')"
 		else
 			log "warning: no GC pass within the deadline"
 		fi
@@ -373,6 +382,7 @@ accelerated() { # COUNT
 		daemon_stop
 		daemon_start
 		record "$n" accel restart "$i" "$READY_S"
+		record "$n" accel restart_cpu "$i" "$READY_CPU"
 	done
 	st=$(status_json)
 	record "$n" accel sockhash_after_restart 1 "$(jq .sockhash_entries <<<"$st")"
