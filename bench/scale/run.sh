@@ -354,25 +354,23 @@ accelerated() { # COUNT
 	record "$n" accel conns_rows 1 "$(jq length "$TMPD/conns.json")"
 	rm -f "$TMPD/conns.json"
 
-	# One GC pass over the full map: the histogram's sum and count before
-	# and after the next pass. An empty conntrack has no passes at all (the
-	# GC sleeps on its wake-up ring buffer).
+	# GC passes over the full map: the histogram's sum and count before and
+	# after a window of three intervals. An empty conntrack has no passes
+	# at all (the GC sleeps on its wake-up ring buffer).
 	if ((n > 0)); then
-		local h0 h1 polls=0 deadline=$((SECONDS + ${GC_INTERVAL%s} * 3 + 30))
+		# No polling: besides the passes the daemon only refreshes its
+		# systemd STATUS= every 10 s (a few ms), so its CPU over the
+		# window is the passes' CPU.
+		local h0 h1 c1
 		h0=$(gc_hist)
 		c0=$(dcpu)
-		h1=$h0
-		while [[ ${h1% *} == "${h0% *}" ]] && ((SECONDS < deadline)); do
-			sleep 1 # a pass comes every GC_INTERVAL; nothing to wait on
-			h1=$(gc_hist)
-			polls=$((polls + 1))
-		done
+		sleep $((3 * ${GC_INTERVAL%s}))
+		c1=$(dcpu)
+		h1=$(gc_hist)
 		if [[ ${h1% *} != "${h0% *}" ]]; then
+			record "$n" accel gc_passes 1 "$(awk -v a="$h0" -v b="$h1" 'BEGIN { split(a, x, " "); split(b, y, " "); print y[1] - x[1] }')"
 			record "$n" accel gc_pass 1 "$(awk -v a="$h0" -v b="$h1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.6f", (y[2] - x[2]) / (y[1] - x[1]) }')"
-			# The daemon's CPU over the wait, less the polls' scrapes
-			# (at the CPU per scrape measured above), per pass.
-			record "$n" accel gc_pass_cpu 1 "$(awk -v c="$(cpu_per "$c0" "$(dcpu)" 1)" -v p="$polls" -v s="$(grep "^$n,accel,scrape_cpu," "$CSV" | cut -d, -f5)" -v a="$h0" -v b="$h1" \
-				'BEGIN { split(a, x, " "); split(b, y, " "); v = (c - p * s) / (y[1] - x[1]); printf "%.4f", v < 0 ? 0 : v }')"
+			record "$n" accel gc_pass_cpu 1 "$(awk -v c="$(cpu_per "$c0" "$c1" 1)" -v a="$h0" -v b="$h1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.4f", c / (y[1] - x[1]) }')"
 		else
 			log "warning: no GC pass within the deadline"
 		fi
