@@ -20,8 +20,8 @@ import (
 // map's fdinfo, though: htab_map_mem_usage (not preallocated) and
 // sock_hash_mem_usage report a fixed size, the map and its buckets, plus
 // that count times a per-element size. One fdinfo read costs the same at any
-// count; walking the sockhash key by key (it has no batch operations) took
-// a scrape from ~10 ms to ~0.5 s at 100k connections (bench/scale).
+// count; walking the sockhash key by key (it has no batch operations) made
+// a scrape take 2.9 s at 100k connections, 7.5 ms with this (bench/scale).
 //
 // Neither size is assumed: both are measured once per map shape on a
 // scratch map of the same type, sizes, flags and capacity, empty and then
