@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION)
 
 PREFIX ?= /usr/local
 
-.PHONY: all generate check-generate build test soak soak-transitions lint clean bench install uninstall deb test-systemd test-kernel deps
+.PHONY: all generate check-generate build test soak soak-transitions lint clean bench bench-scale install uninstall deb test-systemd test-kernel deps
 
 all: generate build
 
@@ -85,6 +85,13 @@ bench: build
 .PHONY: bench-cost
 bench-cost: build
 	OUT='$(OUT)' SOCKACCEL='$(BIN)' SOCKACCEL_B='$(SOCKACCEL_B)' CC='$(CC)' GO='$(GO)' bash bench/cost.sh
+
+# Capacity benchmark (root): kernel memory per connection and the cost of a
+# scrape, status, conns, a GC pass, a restart and a cleanup at 0, 10k and
+# 100k open accelerated connections; SCALE_QUICK=1 for 0, 1k and 5k (a few
+# minutes). See bench/scale/README.md.
+bench-scale: build
+	SCALE_QUICK='$(SCALE_QUICK)' OUT='$(OUT)' SOCKACCEL='$(BIN)' GO='$(GO)' bash bench/scale/run.sh
 
 # Source install: the binary under PREFIX, the unit in /etc/systemd/system
 # with ExecStart pointing at it (the unit in systemd/ says /usr/bin, where

@@ -62,7 +62,7 @@ func (a *Accelerator) Stats() (Stats, error) { return stats.ReadStats(a.dp.Maps(
 
 // SockhashEntries counts the sockets currently in the SOCKHASH.
 func (a *Accelerator) SockhashEntries() (uint64, error) {
-	return bpfobj.CountKeys(a.dp.Maps().SaSockhash)
+	return bpfobj.CountElems(a.dp.Maps().SaSockhash, bpfobj.CountKeys)
 }
 
 // Aggregates reads the daemon's state from the maps it holds open, without
@@ -83,7 +83,7 @@ func (a *Accelerator) Aggregates() (s Status, failed map[string]error) {
 		}
 	}
 	s.MaxConns = maps.SaSockhash.MaxEntries() / 2
-	if n, err := bpfobj.CountKeys(maps.SaSockhash); err != nil {
+	if n, err := bpfobj.CountElems(maps.SaSockhash, bpfobj.CountKeys); err != nil {
 		failed[stats.PartSockhash] = fmt.Errorf("count sockhash entries: %w", err)
 	} else {
 		s.SockhashEntries = n

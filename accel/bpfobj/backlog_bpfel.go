@@ -29,6 +29,7 @@ type BacklogSockKey struct {
 const (
 	BacklogMapSaSockhash       = "sa_sockhash"
 	BacklogProgSockhashBacklog = "sockhash_backlog"
+	BacklogProgSockhashCookies = "sockhash_cookies"
 )
 
 // LoadBacklog returns the embedded CollectionSpec for Backlog.
@@ -74,6 +75,7 @@ type BacklogSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type BacklogProgramSpecs struct {
 	SockhashBacklog *ebpf.ProgramSpec `ebpf:"sockhash_backlog"`
+	SockhashCookies *ebpf.ProgramSpec `ebpf:"sockhash_cookies"`
 }
 
 // BacklogMapSpecs contains maps before they are loaded into the kernel.
@@ -129,11 +131,13 @@ type BacklogVariables struct {
 // It can be passed to LoadBacklogObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BacklogPrograms struct {
 	SockhashBacklog *ebpf.Program `ebpf:"sockhash_backlog"`
+	SockhashCookies *ebpf.Program `ebpf:"sockhash_cookies"`
 }
 
 func (p *BacklogPrograms) Close() error {
 	return _BacklogClose(
 		p.SockhashBacklog,
+		p.SockhashCookies,
 	)
 }
 

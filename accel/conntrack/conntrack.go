@@ -73,12 +73,7 @@ func List(m *ebpf.Map) ([]Conn, error) {
 func Each(m *ebpf.Map, fn func(Conn) error) error {
 	now := monotonicNow()
 	names := cgroupNames()
-	var (
-		key   bpfobj.AccelSockKey
-		entry bpfobj.AccelCtEntry
-	)
-	it := m.Iterate()
-	for it.Next(&key, &entry) {
+	return eachEntry(m, func(key bpfobj.AccelSockKey, entry *bpfobj.AccelCtEntry) error {
 		c := Conn{
 			Client:      key.Client(),
 			Server:      key.Server(),
@@ -89,7 +84,7 @@ func Each(m *ebpf.Map, fn func(Conn) error) error {
 			ClientLocal: entry.Cookie[0] != 0,
 			ServerLocal: entry.Cookie[1] != 0,
 			Cookies:     entry.Cookie,
-			State:       ctState(entry),
+			State:       ctState(*entry),
 		}
 		if now > entry.EstablishedNs {
 			c.Age = time.Duration(now - entry.EstablishedNs)
@@ -101,7 +96,59 @@ func Each(m *ebpf.Map, fn func(Conn) error) error {
 			}
 		}
 		c.Cgroups = names(c.CgroupIDs)
-		if err := fn(c); err != nil {
+		return fn(c)
+	})
+}
+
+// entryBatch is how many conntrack entries one batch syscall reads.
+const entryBatch = 256
+
+// eachEntry calls fn with every conntrack entry of m, entryBatch of them
+// per syscall (BPF_MAP_LOOKUP_BATCH, 5.6+) instead of two syscalls an entry
+// (next key, lookup): at 100k connections those two were most of a GC
+// pass and of `conns` (bench/scale). Kernels or maps without batch lookups
+// are walked key by key. A batch reads whole hash buckets, so an entry
+// deleted under the walk is seen once or not at all, never twice.
+func eachEntry(m *ebpf.Map, fn func(bpfobj.AccelSockKey, *bpfobj.AccelCtEntry) error) error {
+	size := entryBatch
+	keys := make([]bpfobj.AccelSockKey, size)
+	vals := make([]bpfobj.AccelCtEntry, size)
+	var cursor ebpf.MapBatchCursor
+	for first := true; ; first = false {
+		got, err := m.BatchLookup(&cursor, keys, vals, nil)
+		if first && got == 0 && errors.Is(err, ebpf.ErrNotSupported) {
+			return iterateEntries(m, fn)
+		}
+		if errors.Is(err, unix.ENOSPC) && got == 0 && size < 1<<16 {
+			// One bucket holds more than a batch: the kernel moved
+			// nothing and the cursor stays; retry with room for it.
+			size *= 4
+			keys = make([]bpfobj.AccelSockKey, size)
+			vals = make([]bpfobj.AccelCtEntry, size)
+			continue
+		}
+		for i := range got {
+			if ferr := fn(keys[i], &vals[i]); ferr != nil {
+				return ferr
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("batch lookup conntrack: %w", err)
+		}
+	}
+}
+
+func iterateEntries(m *ebpf.Map, fn func(bpfobj.AccelSockKey, *bpfobj.AccelCtEntry) error) error {
+	var (
+		key   bpfobj.AccelSockKey
+		entry bpfobj.AccelCtEntry
+	)
+	it := m.Iterate()
+	for it.Next(&key, &entry) {
+		if err := fn(key, &entry); err != nil {
 			return err
 		}
 	}
@@ -164,6 +211,8 @@ type gc struct {
 	interval atomic.Int64
 	reset    chan struct{}
 	metrics  *GCMetrics
+	// Set once the batched liveness check failed and that was logged.
+	batchWarned atomic.Bool
 }
 
 // setInterval changes the pass interval of a running or future GC loop.
@@ -175,11 +224,21 @@ func (g *gc) setInterval(d time.Duration) {
 	}
 }
 
-// alive reports whether any local end of the entry still exists. The
+// ctCheck is what a GC pass needs of one conntrack entry: the sockhash keys
+// of its local ends still open, with the cookies they must hold. An entry
+// is alive while any of those is in the sockhash with its cookie. The
 // sockhash is the authority: the kernel unlinks a socket from it when the
-// socket is closed, and a user-space lookup returns the socket's cookie, so
-// a reused key cannot pass for the old connection.
-func (g *gc) alive(key bpfobj.AccelSockKey, e bpfobj.AccelCtEntry) bool {
+// socket is closed, and the cookie keeps a reused key from passing for the
+// old connection.
+type ctCheck struct {
+	key   bpfobj.AccelSockKey
+	sides [2]bpfobj.AccelSockKey
+	want  [2]uint64
+	n     int
+}
+
+func newCtCheck(key bpfobj.AccelSockKey, e *bpfobj.AccelCtEntry) ctCheck {
+	c := ctCheck{key: key}
 	for side := range 2 {
 		if e.Cookie[side] == 0 || e.Closed&(1<<side) != 0 {
 			continue
@@ -188,12 +247,84 @@ func (g *gc) alive(key bpfobj.AccelSockKey, e bpfobj.AccelCtEntry) bool {
 		if side == 1 {
 			k = bpfobj.Mirror(key)
 		}
-		var cookie uint64
-		if err := g.sockhash.Lookup(&k, &cookie); err == nil && cookie == e.Cookie[side] {
-			return true
+		c.sides[c.n], c.want[c.n] = k, e.Cookie[side]
+		c.n++
+	}
+	return c
+}
+
+// batchedLivenessMin is the fewest entries for which a GC pass loads
+// backlog.c's sockhash_cookies: loading and verifying it costs more than a
+// few hundred user-space lookups, and a pass that takes longer holds the
+// GC awake longer after the last close.
+const batchedLivenessMin = 1024
+
+// dead returns the keys of the entries none of whose local ends is still
+// in the sockhash, asking backlog.c's sockhash_cookies gcliveMax keys a
+// syscall for a large map; for a small one, or where that program cannot
+// load or run, it looks each key up from user space.
+func (g *gc) dead(entries []ctCheck) []bpfobj.AccelSockKey {
+	var (
+		dead []bpfobj.AccelSockKey
+		live []bool
+		err  error
+	)
+	if len(entries) >= batchedLivenessMin {
+		if live, err = g.liveBatched(entries); err != nil && !g.batchWarned.Swap(true) {
+			g.log.Warn("batched liveness unavailable; the GC looks sockets up one by one", zap.Error(err))
 		}
 	}
-	return false
+	for i, c := range entries {
+		ok := false
+		if live != nil {
+			ok = live[i]
+		}
+		for j := 0; live == nil && j < c.n && !ok; j++ {
+			var cookie uint64
+			k := c.sides[j]
+			ok = g.sockhash.Lookup(&k, &cookie) == nil && cookie == c.want[j]
+		}
+		if !ok {
+			dead = append(dead, c.key)
+		}
+	}
+	return dead
+}
+
+// liveBatched reports for each entry whether one of its ends is still in
+// the sockhash: first ends first, then second ends of the entries the first
+// did not settle. The program is loaded for the pass and closed after it,
+// so it holds no reference on the sockhash between passes.
+func (g *gc) liveBatched(entries []ctCheck) ([]bool, error) {
+	r, err := newCookieReader(g.sockhash)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	live := make([]bool, len(entries))
+	for round := range 2 {
+		var (
+			idx  []int
+			keys []bpfobj.AccelSockKey
+		)
+		for i, c := range entries {
+			if !live[i] && c.n > round {
+				idx = append(idx, i)
+				keys = append(keys, c.sides[round])
+			}
+		}
+		if len(keys) == 0 {
+			break
+		}
+		got, err := r.cookies(keys)
+		if err != nil {
+			return nil, err
+		}
+		for j, i := range idx {
+			live[i] = got[j] == entries[i].want[round]
+		}
+	}
+	return live, nil
 }
 
 // collect runs one GC pass: it reads the whole map first, then deletes what
@@ -206,22 +337,21 @@ func (g *gc) collect() (removed, remaining int, err error) {
 		g.metrics.started.Store(0)
 		g.metrics.Duration.Observe(time.Since(start).Seconds())
 	}()
-	var (
-		key   bpfobj.AccelSockKey
-		entry bpfobj.AccelCtEntry
-		dead  []bpfobj.AccelSockKey
-		total int
-	)
-	it := g.conntrack.Iterate()
-	for it.Next(&key, &entry) {
-		total++
-		if !g.alive(key, entry) {
-			dead = append(dead, key)
-		}
+	// Sized from the kernel's element count: growing a slice of 100k
+	// entries by appending was a tenth of a pass's CPU samples.
+	n, err := bpfobj.CountElems(g.conntrack, countEntries)
+	if err != nil {
+		return 0, 0, fmt.Errorf("count conntrack entries: %w", err)
 	}
-	if err := it.Err(); err != nil {
-		return 0, total, fmt.Errorf("iterate conntrack: %w", err)
+	entries := make([]ctCheck, 0, n)
+	if err := eachEntry(g.conntrack, func(key bpfobj.AccelSockKey, entry *bpfobj.AccelCtEntry) error {
+		entries = append(entries, newCtCheck(key, entry))
+		return nil
+	}); err != nil {
+		return 0, len(entries), err
 	}
+	total := len(entries)
+	dead := g.dead(entries)
 	for _, k := range dead {
 		// Gone already means the close callback won the race.
 		if err := g.conntrack.Delete(&k); err == nil {
@@ -336,4 +466,15 @@ func (g *gc) active(ctx context.Context, interval time.Duration) error {
 			return nil
 		}
 	}
+}
+
+// countEntries counts conntrack entries by walking them, for kernels whose
+// map memory does not give the count (bpfobj.CountElems).
+func countEntries(m *ebpf.Map) (uint64, error) {
+	var n uint64
+	err := eachEntry(m, func(bpfobj.AccelSockKey, *bpfobj.AccelCtEntry) error {
+		n++
+		return nil
+	})
+	return n, err
 }

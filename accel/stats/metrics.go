@@ -73,9 +73,11 @@ type Source interface {
 // the cgroup tree. It reads the stats, config and GC state arrays (one
 // lookup each), counts learned exclusions, runs the health check (which
 // opens each pin to compare it with the held object: a few syscalls a pin),
-// and still walks two maps, because the kernel keeps no element count that
-// user space can read: the sockhash key by key (sockhash has no batch
-// operations) and conntrack in batches.
+// and reads the sockhash and conntrack element counts from their memlock
+// (bpfobj.CountElems), so a scrape costs the same at any number of
+// connections. Only on kernels before 6.4, which do not expose those
+// counts, does it walk the two maps: the sockhash key by key (it has no
+// batch operations), conntrack in batches.
 type Collector struct {
 	src     Source
 	log     *zap.Logger

@@ -166,7 +166,7 @@ func ReadStatus(pinDir string) (Status, error) {
 	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, bpfobj.AccelMapSaSockhash), nil); err == nil {
 		defer m.Close()
 		s.MaxConns = m.MaxEntries() / 2
-		n, err := bpfobj.CountKeys(m)
+		n, err := bpfobj.CountElems(m, bpfobj.CountKeys)
 		if err != nil {
 			return s, fmt.Errorf("count sockhash entries: %w", err)
 		}
@@ -243,7 +243,7 @@ func SummarizeConntrack(config, conntrack, gc *ebpf.Map) (Conntrack, error) {
 		ct.Enabled = cfg.Flags&uint32(bpfobj.AccelConfigFlagsCONFIG_F_NO_CONNTRACK) == 0
 	}
 	if conntrack != nil {
-		n, err := countConntrack(conntrack)
+		n, err := bpfobj.CountElems(conntrack, countConntrack)
 		if err != nil {
 			return ct, fmt.Errorf("count conntrack entries: %w", err)
 		}

@@ -230,7 +230,7 @@ func waitClosed(ctx context.Context, hash *ebpf.Map, pinDir string, log *zap.Log
 	deadline := time.Now().Add(timeout)
 	detached, logged := false, false
 	for {
-		n, err := bpfobj.CountKeys(hash)
+		n, err := bpfobj.CountElems(hash, bpfobj.CountKeys)
 		if err != nil {
 			return fmt.Errorf("count sockets in the sockhash: %w", err)
 		}
