@@ -248,29 +248,55 @@ func TestHAProxySpliceStallIsReported(t *testing.T) {
 	go func() { done <- h.n.acc.WatchEvents(ctx, func(ev accel.UseEvent) { events <- ev }) }()
 	defer func() { cancel(); <-done }()
 	bigSum, addr := h.startHAProxy(t, "2s")
-	before := h.n.stats(t)
-	body, err := h.client.Exec(t, appTimeout, nil, "curl", "--silent", "--show-error", "--fail", "http://"+addr+"/big")
-	after := h.n.stats(t)
-	if err == nil {
-		// The body can occasionally arrive before haproxy starts
-		// splicing; then it must be exact.
-		if got := sha(body); got != bigSum {
-			t.Fatalf("fetch through haproxy succeeded with %d bytes, sha256 %s; want %s", len(body), got, bigSum)
+	// The stall needs the response body redirected into haproxy's socket
+	// before its first splice there; haproxy occasionally splices first,
+	// and that fetch succeeds. Fetch again until one stalls: the subject
+	// of this test is how a stall is reported.
+	const attempts = 5
+	var (
+		before, after accel.Stats
+		err           error
+	)
+	for i := range attempts {
+		before = h.n.stats(t)
+		var body []byte
+		body, err = h.client.Exec(t, appTimeout, nil, "curl", "--silent", "--show-error", "--fail", "http://"+addr+"/big")
+		after = h.n.stats(t)
+		if err != nil {
+			break
 		}
-		t.Logf("no stall this time: the first splice found nothing redirected unread (splice_stalled +%d)", after.SpliceStalled-before.SpliceStalled)
-		return
+		// A fetch that did not stall must be exact.
+		if got := sha(body); got != bigSum {
+			t.Fatalf("fetch %d through haproxy succeeded with %d bytes, sha256 %s; want %s", i+1, len(body), got, bigSum)
+		}
+		t.Logf("fetch %d: no stall, the first splice found nothing redirected unread (splice_stalled +%d)", i+1, after.SpliceStalled-before.SpliceStalled)
+	}
+	if err == nil {
+		// Not a failure of sockaccel (every body arrived whole), and not
+		// something CI could fix by retrying longer: the race went the
+		// other way each time. TestSpliceStallFailsFast forces a stall
+		// with its own splicing reader.
+		t.Skipf("no fetch of %d stalled: haproxy spliced before anything was redirected each time, so there was no stall to report", attempts)
 	}
 	t.Logf("fetch failed as documented: %v", err)
 	if after.SpliceStalled == before.SpliceStalled {
 		t.Fatal("haproxy's fetch failed but splice_stalled did not count it")
 	}
-	select {
-	case ev := <-events:
-		if ev.Comm != "haproxy" || ev.RemotePort != 8080 || ev.Queued == 0 {
-			t.Errorf("stall reported as %+v, want comm haproxy, remote port 8080, queued bytes", ev)
+	// Other events (a connection retired) may come first.
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Reason != "splice" {
+				continue
+			}
+			if ev.Comm != "haproxy" || ev.RemotePort != 8080 || ev.Queued == 0 {
+				t.Errorf("stall reported as %+v, want comm haproxy, remote port 8080, queued bytes", ev)
+			}
+			return
+		case <-timeout:
+			t.Fatal("no stalled-splice event reached the daemon")
 		}
-	case <-time.After(5 * time.Second):
-		t.Error("no stalled-splice event reached the daemon")
 	}
 }
 
@@ -294,9 +320,20 @@ func TestHAProxySpliceLearnsExclusion(t *testing.T) {
 	t.Logf("first fetch: %v", err)
 	waitFor(t, "port 8080 excluded", func() (bool, string) {
 		s := h.n.stats(t)
-		return err == nil || s.SpliceStalled > 0, fmt.Sprintf("splice_stalled %d", s.SpliceStalled)
+		if err == nil {
+			return true, "" // no stall: nothing to learn
+		}
+		learned, lerr := h.n.acc.LearnedExclusions()
+		if lerr != nil {
+			t.Fatal(lerr)
+		}
+		for _, l := range learned {
+			if l.Port == 8080 {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("splice_stalled %d, learned %+v", s.SpliceStalled, learned)
 	})
-	time.Sleep(200 * time.Millisecond) // the daemon handles the event
 	before := h.n.stats(t)
 	for i := range 3 {
 		body, err := fetch()

@@ -56,6 +56,9 @@ func requestAfterShutdown(t *testing.T, client, server testenv.Endpoint, port in
 			served <- err
 			return
 		}
+		// The scenario, not a wait: the answer comes while the client's
+		// blocking read is (most likely) already asleep; either order
+		// must work, so nothing depends on which it was.
 		time.Sleep(30 * time.Millisecond)
 		_, err = c.Write([]byte("answer"))
 		served <- err

@@ -16,10 +16,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sockaccel/sockaccel/accel"
+	"github.com/sockaccel/sockaccel/accel/teardown"
 	"github.com/sockaccel/sockaccel/accel/testenv"
 )
 
-func (n *node) backlog(t *testing.T) accel.Backlog {
+func (n *node) backlog(t *testing.T) teardown.Backlog {
 	t.Helper()
 	b, err := n.backlogReader(t).Read()
 	if err != nil {
@@ -30,14 +31,14 @@ func (n *node) backlog(t *testing.T) accel.Backlog {
 
 // backlogReader opens repeated backlog reads of the node's sockhash, closed
 // when the test ends.
-func (n *node) backlogReader(t *testing.T) *accel.BacklogReader {
+func (n *node) backlogReader(t *testing.T) *teardown.Reader {
 	t.Helper()
 	m, err := ebpf.LoadPinnedMap(filepath.Join(n.pin, "sa_sockhash"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	br, err := accel.OpenBacklog(m)
+	br, err := teardown.OpenBacklog(m)
 	if err != nil {
 		t.Fatal(err)
 	}

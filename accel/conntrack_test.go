@@ -299,6 +299,8 @@ func TestConntrackMissedClose(t *testing.T) {
 func TestGCIdleDoesNothing(t *testing.T) {
 	n := newNode(t, nil)
 	n.runGC(t, 10*time.Millisecond)
+	// Not a wait for a condition: absence needs a window, here 100 of the
+	// GC's intervals, in which a GC that did not park would have run.
 	time.Sleep(time.Second)
 	if s := n.status(t); s.GCRuns != 0 {
 		t.Fatalf("gc ran %d times with conntrack empty", s.GCRuns)
@@ -326,7 +328,7 @@ func TestGCIdleDoesNothing(t *testing.T) {
 		settled = again.GCRuns
 		return again.GCRuns == s.GCRuns, fmt.Sprintf("gc_runs %d -> %d", s.GCRuns, again.GCRuns)
 	})
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // a window for absence, as above
 	if s := n.status(t); s.GCRuns != settled || s.ClosedGC != 0 {
 		t.Errorf("idle GC kept running: gc_runs %d -> %d, closed_gc %d", settled, s.GCRuns, s.ClosedGC)
 	}

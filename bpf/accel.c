@@ -1342,6 +1342,26 @@ static __always_inline __u64 psock_of_fd(__u64 fd)
  * found them, so that connection stalls; USE_OOB: recv(MSG_OOB) returned
  * the first of them instead of the urgent byte), so it can log it and keep
  * that service off the fast path from then on. */
+/* The daemon's own PID namespace, written at load. Reported PIDs are the
+ * ones the daemon can open (pidfd_open, to reset a stalled connection):
+ * a daemon in a container has a PID namespace of its own, where the host's
+ * PIDs mean nothing. 0: report the host's. */
+volatile const __u64 daemon_pidns_dev;
+volatile const __u64 daemon_pidns_ino;
+
+/* The current process's PID as the daemon sees it, 0 when it lives outside
+ * the daemon's PID namespace (the daemon could not reach it by any PID). */
+static __always_inline __u32 current_pid_for_daemon(void)
+{
+	struct bpf_pidns_info ns = {};
+
+	if (!daemon_pidns_ino)
+		return bpf_get_current_pid_tgid() >> 32;
+	if (bpf_get_ns_current_pid_tgid(daemon_pidns_dev, daemon_pidns_ino, &ns, sizeof(ns)))
+		return 0;
+	return ns.tgid;
+}
+
 static __always_inline void report_use(__u64 addr, __u64 fd, __u32 reason, __u32 queued)
 {
 	struct sock *sk = (struct sock *)addr;
@@ -1353,7 +1373,7 @@ static __always_inline void report_use(__u64 addr, __u64 fd, __u32 reason, __u32
 		return;
 	ev->cookie = 0;
 	bpf_probe_read_kernel(&ev->cookie, sizeof(ev->cookie), &sk->__sk_common.skc_cookie.counter);
-	ev->pid = bpf_get_current_pid_tgid() >> 32;
+	ev->pid = current_pid_for_daemon();
 	ev->queued = queued;
 	ev->local_port = 0;
 	bpf_probe_read_kernel(&ev->local_port, sizeof(ev->local_port), &sk->__sk_common.skc_num);

@@ -33,7 +33,7 @@ func TestResolve(t *testing.T) {
 
 	bad := []struct{ path, want string }{
 		{"no/such/group", "does not exist"},
-		{"/sys/fs/cgroup/cpu", "cgroup v1"},
+		{testenv.TempCgroupV1(t), "cgroup v1"},
 		{filepath.Join(cg.Path, "cgroup.procs"), "not a directory"},
 		{t.TempDir(), "not on a cgroup v2 filesystem"},
 	}

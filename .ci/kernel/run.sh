@@ -14,7 +14,8 @@
 # Environment (the Makefile passes these on):
 #   KERNEL        debian-6.1 (default) or debian-11-5.10 (see kernels.sh)
 #   RUN           go test -run regexp for every package
-#   PACKAGES      Go packages to test (default ./accel ./cmd/sockaccel ./cgroup)
+#   PACKAGES      Go packages to test (default ./accel ./accel/detect ./accel/pins
+#                 ./accel/hostfs ./cmd/sockaccel ./cgroup)
 #   OUT           where logs go (default bin/kernel-test/KERNEL)
 #   CACHE_DIR     guest images (default /var/cache/sockaccel-kernels)
 #   VM_MEM, VM_CPUS   guest size (2048 MiB, 2 vCPUs: the CI machine's CPUs)
@@ -29,7 +30,7 @@ here=$repo/.ci/kernel
 
 KERNEL=${KERNEL:-debian-6.1}
 RUN=${RUN:-.}
-PACKAGES=${PACKAGES:-./accel ./cmd/sockaccel ./cgroup}
+PACKAGES=${PACKAGES:-./accel ./accel/detect ./accel/pins ./accel/hostfs ./cmd/sockaccel ./cgroup}
 OUT=${OUT:-$repo/bin/kernel-test/$KERNEL}
 GO=${GO:-go}
 VM_MEM=${VM_MEM:-2048}

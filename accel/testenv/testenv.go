@@ -29,6 +29,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockaccel/sockaccel/accel"
 	"github.com/sockaccel/sockaccel/cgroup"
@@ -80,6 +81,31 @@ func TempCgroup(t testing.TB) cgroup.Target {
 		t.Fatal(err)
 	}
 	return target
+}
+
+// TempCgroupV1 mounts a throwaway cgroup v1 hierarchy with no controllers
+// (-o none,name=satest...) on a temporary directory and returns its path;
+// it is unmounted at cleanup (the kernel then drops the empty hierarchy).
+// Tests of what sockaccel refuses use it instead of assuming the host
+// mounts v1 controllers. Without cgroup v1 in the kernel the case cannot
+// arise: the test is skipped, or fails under CI=true.
+func TempCgroupV1(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	name := Name("satest")
+	if err := unix.Mount("cgroup", dir, "cgroup", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "none,name="+name); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mount a cgroup v1 hierarchy (none,name=%s) at %s: %v", name, dir, err)
+		}
+		t.Skipf("cannot mount a cgroup v1 hierarchy (kernel without cgroup v1?): %v", err)
+	}
+	// Registered after t.TempDir's removal, so it runs before it.
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount cgroup v1 hierarchy %s: %v", dir, err)
+		}
+	})
+	return dir
 }
 
 // ChildCgroup creates parent/name, removed at cleanup.

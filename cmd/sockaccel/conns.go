@@ -13,7 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sockaccel/sockaccel/accel"
-	"github.com/sockaccel/sockaccel/cgroup"
 )
 
 // runConns lists tracked connections, like `conntrack -L`.
@@ -80,34 +79,6 @@ func readConns(socket, pinDir string) ([]accel.Conn, error) {
 		return nil, fmt.Errorf("open conntrack map %s: %w", path, err)
 	}
 	defer m.Close()
-	conns, err := accel.ListConns(m)
-	if err != nil {
-		return nil, err
-	}
-	names := cgroupNames()
-	for i := range conns {
-		conns[i].Cgroups = names(conns[i].CgroupIDs)
-	}
-	return conns, nil
-}
-
-// cgroupNames returns a function that names cgroups by id, relative to the
-// v2 root ("" for one gone), looking each id up once.
-func cgroupNames() func(ids []uint64) []string {
-	root, _ := cgroup.V2Root()
-	names := map[uint64]string{}
-	return func(ids []uint64) []string {
-		out := make([]string, 0, len(ids))
-		for _, id := range ids {
-			name, ok := names[id]
-			if !ok && root != "" {
-				if p, err := cgroup.PathByID(root, id); err == nil {
-					name = cgroup.Target{Path: p, Root: root}.Rel()
-				}
-				names[id] = name
-			}
-			out = append(out, name)
-		}
-		return out
-	}
+	// The same listing the daemon streams: rows name their cgroups.
+	return accel.ListConns(m)
 }

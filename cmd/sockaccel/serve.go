@@ -106,16 +106,15 @@ func serveAPI(ctx context.Context, ln net.Listener, a *accel.Accelerator, maxReq
 
 // streamConns writes the JSON array of `conns --json` one connection at a
 // time, in map order: the daemon never holds the whole list, whatever its
-// size. Each cgroup's path is looked up once per request.
+// size. Rows are what 'conns --json' reads from the pins (conntrack.Each
+// names each cgroup, once per request); the client sorts them.
 func streamConns(w http.ResponseWriter, a *accel.Accelerator) {
-	names := cgroupNames()
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set(pinDirHeader, a.PinDir())
 	n := 0
 	var buf bytes.Buffer
 	err := a.EachConn(func(c accel.Conn) error {
-		c.Cgroups = names(c.CgroupIDs)
 		buf.Reset()
 		if n == 0 {
 			buf.WriteString("[\n  ")
