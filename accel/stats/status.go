@@ -132,7 +132,7 @@ type Stats struct {
 	TokenNoRoom uint64 `json:"token_no_room"`
 	// Not accelerated: a client answered by a listener in scope whose
 	// SYN-ACK did not echo its pairing token (stripped on the way, a SYN
-	// cookie, a listener from before sockaccel attached).
+	// cookie, no room in the SYN-ACK).
 	TokenUnconfirmed uint64 `json:"token_unconfirmed"`
 }
 
@@ -166,7 +166,7 @@ func ReadStatus(pinDir string) (Status, error) {
 	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, bpfobj.AccelMapSaSockhash), nil); err == nil {
 		defer m.Close()
 		s.MaxConns = m.MaxEntries() / 2
-		n, err := bpfobj.CountElems(m, bpfobj.CountKeys)
+		n, err := bpfobj.CountKeys(m)
 		if err != nil {
 			return s, fmt.Errorf("count sockhash entries: %w", err)
 		}
@@ -243,7 +243,7 @@ func SummarizeConntrack(config, conntrack, gc *ebpf.Map) (Conntrack, error) {
 		ct.Enabled = cfg.Flags&uint32(bpfobj.AccelConfigFlagsCONFIG_F_NO_CONNTRACK) == 0
 	}
 	if conntrack != nil {
-		n, err := bpfobj.CountElems(conntrack, countConntrack)
+		n, err := countConntrack(conntrack)
 		if err != nil {
 			return ct, fmt.Errorf("count conntrack entries: %w", err)
 		}
