@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION)
 
 PREFIX ?= /usr/local
 
-.PHONY: all generate check-generate build test soak soak-transitions lint clean bench install uninstall deb test-systemd test-kernel deps
+.PHONY: all generate check-generate build test soak soak-transitions lint clean bench bench-load install uninstall deb test-systemd test-kernel deps
 
 all: generate build
 
@@ -78,6 +78,11 @@ deps:
 
 bench: build
 	QUICK='$(QUICK)' SMOKE='$(SMOKE)' PROTO='$(PROTO)' OUT='$(OUT)' SOCKACCEL='$(BIN)' CC='$(CC)' GO='$(GO)' bash bench/run.sh
+
+# Tail latency and concurrency (root): make bench-load [QUICK=1|SMOKE=1]
+# [OUT=dir] [TOPOS="bridge veth"] [CONNS="1 8 64 512"]; see bench/README.md.
+bench-load: build
+	QUICK='$(QUICK)' SMOKE='$(SMOKE)' OUT='$(OUT)' TOPOS='$(TOPOS)' CONNS='$(CONNS)' SOCKACCEL='$(BIN)' CC='$(CC)' bash bench/load.sh
 
 # Source install: the binary under PREFIX, the unit in /etc/systemd/system
 # with ExecStart pointing at it (the unit in systemd/ says /usr/bin, where
