@@ -80,9 +80,10 @@ bench: build
 	QUICK='$(QUICK)' SMOKE='$(SMOKE)' PROTO='$(PROTO)' OUT='$(OUT)' SOCKACCEL='$(BIN)' CC='$(CC)' GO='$(GO)' bash bench/run.sh
 
 # Tail latency and concurrency (root): make bench-load [QUICK=1|SMOKE=1]
-# [OUT=dir] [TOPOS="bridge veth"] [CONNS="1 8 64 512"]; see bench/README.md.
+# [OUT=dir] [TOPOS="bridge veth"] [CONNS="1 8 64 512"] [NETPERF_CONNS="1 8"] [CASES=regexp]
+# [RUN_LEN=s] [LOAD_REPS=n] [PERF=1]; see bench/README.md.
 bench-load: build
-	QUICK='$(QUICK)' SMOKE='$(SMOKE)' OUT='$(OUT)' TOPOS='$(TOPOS)' CONNS='$(CONNS)' SOCKACCEL='$(BIN)' CC='$(CC)' bash bench/load.sh
+	QUICK='$(QUICK)' SMOKE='$(SMOKE)' OUT='$(OUT)' TOPOS='$(TOPOS)' CONNS='$(CONNS)' NETPERF_CONNS='$(NETPERF_CONNS)' CASES='$(CASES)' RUN_LEN='$(RUN_LEN)' LOAD_REPS='$(LOAD_REPS)' PERF='$(PERF)' SOCKACCEL='$(BIN)' CC='$(CC)' bash bench/load.sh
 
 # Source install: the binary under PREFIX, the unit in /etc/systemd/system
 # with ExecStart pointing at it (the unit in systemd/ says /usr/bin, where

@@ -5,8 +5,9 @@
 #
 #   request/response, 1 B each way (loadrr: every round trip recorded,
 #     exact p99.9 and max over all connections): 1, 8, 64, 512 connections
-#   netperf TCP_RR 1 B and TCP_STREAM 64 KiB: 1, 8, 64, 512 netperf
-#     processes at once, unpinned (both CPUs busy)
+#   stream, 64 KiB writes (loadrr -stream): 1, 8, 64, 512 connections
+#   netperf TCP_RR 1 B and TCP_STREAM 64 KiB: 1 and 8 netperf processes
+#     at once, unpinned (both CPUs busy)
 #   nginx + wrk: 1000 keep-alive connections, and 1000 connections with
 #     a new connection per request (Connection: close)
 #   redis-server + redis-benchmark GET: 500 clients, unpipelined and -P 16
@@ -15,7 +16,13 @@
 # SOCKACCEL_FLAGS, CC, IPTABLES, INSTALL=0; and
 #   TOPOS="bridge veth"        topologies to run (default: bridge veth loopback
 #                              in full mode, bridge veth otherwise)
-#   CONNS="1 8 64 512"         connection counts of the loadrr/netperf cases
+#   CONNS="1 8 64 512"         connection counts of the loadrr cases
+#   NETPERF_CONNS="1 8"        netperf processes of the netperf cases
+#   CASES=regexp               run only the cases whose name matches (e.g. nginx_close)
+#   RUN_LEN=seconds            seconds per run (default 4 full, 2 quick, 1 smoke)
+#   LOAD_REPS=n                rounds per case (default 3 full, 2 quick, 1 smoke)
+#   PERF=1                     perf record -a -g during every run; perf-*.txt in OUT
+#                              has each run's top symbols (where the time goes)
 #
 # Needs root, nginx, wrk, redis-server and redis-benchmark (make deps).
 # Everything it creates is removed on exit, by run.sh's cleanup.
@@ -30,10 +37,18 @@ source "$(dirname "$0")/run.sh"
 RUN_MODE=full REPS=3 LEN=4
 LOAD_TOPOLOGIES=(bridge veth loopback)
 CONN_LIST=(1 8 64 512)
+# netperf runs one process per connection, and its processes must all be
+# running at once for a while to be summed (see client_netperf). On the
+# 2-vCPU bench VM they never were beyond a few: 64 TCP_STREAM processes
+# over loopback, each waiting 3 s (-s) after its setup, started over 20 s
+# (the late ones set up while the early ones already streamed), and 512
+# TCP_RR ones took over 30 s. So netperf stops at 8, and loadrr, whose
+# connections all start and stop together, covers 1 to 512.
+NETPERF_LIST=(1 8)
 WRK_CONNS=1000
 REDIS_CLIENTS=500
 if is_set "${SMOKE:-}"; then
-	RUN_MODE=smoke REPS=1 LEN=1 CONN_LIST=(1 8) WRK_CONNS=50 REDIS_CLIENTS=50
+	RUN_MODE=smoke REPS=1 LEN=1 CONN_LIST=(1 8) NETPERF_LIST=(1 8) WRK_CONNS=50 REDIS_CLIENTS=50
 	LOAD_TOPOLOGIES=(bridge veth)
 elif is_set "${QUICK:-}"; then
 	RUN_MODE=quick REPS=2 LEN=2
@@ -43,8 +58,13 @@ if [[ -n ${TOPOS:-} ]]; then
 	read -r -a LOAD_TOPOLOGIES <<<"$TOPOS"
 fi
 MODES=(baseline accelerated) # PROTO=1 is run.sh's alone
+[[ -z ${RUN_LEN:-} ]] || LEN=$RUN_LEN
+[[ -z ${LOAD_REPS:-} ]] || REPS=$LOAD_REPS
 if [[ -n ${CONNS:-} ]]; then
 	read -r -a CONN_LIST <<<"$CONNS"
+fi
+if [[ -n ${NETPERF_CONNS:-} ]]; then
+	read -r -a NETPERF_LIST <<<"$NETPERF_CONNS"
 fi
 
 # Own pin dir and lock: a load run and a make bench run at the same time
@@ -53,6 +73,7 @@ fi
 # crash of its own without touching the other's.
 PIN_DIR=/sys/fs/bpf/sockaccel-load
 LOADRR_PORT_BASE=7100 LOADRR_PORT_ACCEL=7101
+SINK_PORT_BASE=7102 SINK_PORT_ACCEL=7103
 NGINX_PORT_BASE=8100 NGINX_PORT_ACCEL=8101
 REDIS_PORT_BASE=6400 REDIS_PORT_ACCEL=6401
 
@@ -164,6 +185,10 @@ start_servers() {
 		launch "$cg" "$ns" "$TMPD/loadrr" -server -port "$p" -size 1 >"$TMPD/loadrr-$topo-$mode.log" 2>&1 &
 		PIDS+=($!)
 		wait_listen "$ns" "$p" || die "loadrr server ($topo, $mode) did not start: $(cat "$TMPD/loadrr-$topo-$mode.log")"
+		p=$(port_of SINK "$mode")
+		launch "$cg" "$ns" "$TMPD/loadrr" -server -sink -port "$p" >"$TMPD/sink-$topo-$mode.log" 2>&1 &
+		PIDS+=($!)
+		wait_listen "$ns" "$p" || die "loadrr sink ($topo, $mode) did not start: $(cat "$TMPD/sink-$topo-$mode.log")"
 		p=$(port_of NGINX "$mode")
 		conf=$(nginx_conf "$mode" "$addr" "$p")
 		launch "$cg" "$ns" nginx -e stderr -p "$TMPD" -c "$conf" -g 'daemon off;' >"$TMPD/nginx-$topo-$mode.log" 2>&1 &
@@ -205,14 +230,34 @@ client_loadrr() { # TOPO MODE CONNS
 			r["p50_us"], r["p90_us"], r["p99_us"], r["p999_us"], r["max_us"] }' <<<"$out"
 }
 
-# client_netperf runs CONNS netperf processes at once, not pinned, and sums
-# their rates. They start within a fraction of a second of each other
-# (fork from one shell) but not at one instant, so the first and last are
-# briefly alone; both modes start the same way. Latency: netperf -j per
-# process; p50 and p99 are medians over the processes, max the largest
-# (there is no p99.9: N distributions cannot be merged; loadrr has it).
+# client_stream: CONNS connections writing 64 KiB chunks into a discarding
+# server, all from one epoll loop, started and stopped together.
+client_stream() { # TOPO MODE CONNS
+	local out
+	out=$(launch "$(mode_cgroup "$2")" "${CLIENT_NS[$1]}" "$TMPD/loadrr" -client -stream -host "${SERVER_ADDR[$1]}" \
+		-port "$(port_of SINK "$2")" -conns "$3" -size 65536 -duration "$LEN") || return 1
+	awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
+		printf "%s %.0f %s Mbit/s - - - - - 0 MB\n", r["duration_s"], r["bytes"] / 1e6, r["mbit_per_s"] }' <<<"$out"
+}
+
+# client_netperf runs CONNS netperf processes at once, unpinned. Started
+# one after another, they would each begin while the earlier ones already
+# load the CPUs (512 took over 30 s to get going, so a summed rate counted
+# processes that mostly ran alone). So each one sets up its connections,
+# waits (-s) until all should have, and runs; -D prints its rate every
+# half second with a timestamp, and the throughput is the sum of those
+# rates over the window in which every process was running (each interval
+# prorated to its overlap). The CSV's seconds column is that window; its
+# requests are the whole run's, to match the CPU time counted.
+# Latency: netperf -j per process; p50, p90 and p99 are medians over the
+# processes, max the largest (no p99.9: N distributions cannot be merged;
+# loadrr has it).
 client_netperf() { # TOPO MODE CONNS TEST
-	local d=$TMPD/np args
+	# netserver times its side out at its own -l plus 4 s (netperf's
+	# PAD_TIME) from setup and knows nothing of -s, so the wait must stay
+	# under 4 s or the late finishers are reset.
+	local d=$TMPD/np args wait=1
+	(($3 <= 8)) || wait=3
 	rm -rf "$d"
 	mkdir -p "$d"
 	if [[ $4 == TCP_RR ]]; then args="-r 1,1"; else args="-m 65536"; fi
@@ -221,13 +266,12 @@ client_netperf() { # TOPO MODE CONNS TEST
 	(launch "$(mode_cgroup "$2")" "${CLIENT_NS[$1]}" bash -c '
 		d=$1 n=$2; shift 2
 		for ((i = 0; i < n; i++)); do "$@" >"$d/$i.out" 2>"$d/$i.err" & done
-		wait' np "$d" "$3" netperf -H "${SERVER_ADDR[$1]}" -p "$(mode_port "$2")" -t "$4" -l "$LEN" -j -P 0 -- \
-		$args -o THROUGHPUT,THROUGHPUT_UNITS,TRANSACTION_RATE,P50_LATENCY,P90_LATENCY,P99_LATENCY,MAX_LATENCY,ELAPSED_TIME) || true
-	cat "$d"/*.out | grep -E '^[0-9.]+,' >"$d/all" || true
+		wait' np "$d" "$3" netperf -H "${SERVER_ADDR[$1]}" -p "$(mode_port "$2")" -t "$4" -l "$((LEN + wait))" -s "$wait" \
+		-D 0.5 -j -P 0 -- $args -o THROUGHPUT,THROUGHPUT_UNITS,TRANSACTION_RATE,P50_LATENCY,P90_LATENCY,P99_LATENCY,MAX_LATENCY,ELAPSED_TIME) || true
 	local got
-	got=$(wc -l <"$d/all")
+	got=$(cat "$d"/*.out | awk -F, 'NF == 8' | wc -l)
 	if ((got != $3)); then
-		log "netperf: $got of $3 processes reported: $(cat "$d"/*.err "$d"/*.out | sort | uniq -c | head -5)"
+		log "netperf: $got of $3 processes reported: $(cat "$d"/*.err "$d"/*.out | sort | uniq -c | sort -rn | head -5)"
 		return 1
 	fi
 	awk -F, -v test="$4" '
@@ -235,13 +279,34 @@ client_netperf() { # TOPO MODE CONNS TEST
 			for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
 			return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 		}
-		{ n++; tp += $1; tr += $3 * $8; p50[n] = $4; p90[n] = $5; p99[n] = $6; if ($7 > mx) mx = $7; el += $8 }
+		FNR == 1 { f++; first[f] = "" }
+		# interim: " rate,units,interval_s,end_epoch"
+		NF == 4 {
+			ni++; ir[ni] = $1; ie[ni] = $4; is[ni] = $4 - $3; all += $1 * $3
+			if (first[f] == "" || is[ni] < first[f]) first[f] = is[ni]
+			if ($4 > last[f]) last[f] = $4
+			next
+		}
+		# final: the -o selectors
+		NF == 8 { n++; p50[n] = $4; p90[n] = $5; p99[n] = $6; if ($7 > mx) mx = $7 }
 		END {
-			el /= n
-			if (test == "TCP_RR") printf "%.3f %.0f %.1f trans/s %s %s %s - %s 0 trans\n", el, tr, tp, med(p50, n), med(p90, n), med(p99, n), mx
+			w0 = ""; w1 = ""
+			for (i = 1; i <= f; i++) {
+				if (w0 == "" || first[i] > w0) w0 = first[i]
+				if (w1 == "" || last[i] < w1) w1 = last[i]
+			}
+			if (w1 <= w0) { print "netperf: no window in which all processes ran" > "/dev/stderr"; exit 1 }
+			for (i = 1; i <= ni; i++) {
+				lo = is[i] > w0 ? is[i] : w0; hi = ie[i] < w1 ? ie[i] : w1
+				if (hi > lo) sum += ir[i] * (hi - lo)
+			}
+			w = w1 - w0; tp = sum / w
+			# The requests (or MB) are those of the whole run, setup to
+			# end, as the CPU time they are divided by.
+			if (test == "TCP_RR") printf "%.3f %.0f %.1f trans/s %s %s %s - %s 0 trans\n", w, all, tp, med(p50, n), med(p90, n), med(p99, n), mx
 			# STREAM: CPU per MB moved; netperf reports no latency for it.
-			else printf "%.3f %.0f %.1f Mbit/s - - - - - 0 MB\n", el, tp * el / 8, tp
-		}' "$d/all"
+			else printf "%.3f %.0f %.1f Mbit/s - - - - - 0 MB\n", w, all / 8, tp
+		}' "$d"/*.out
 }
 
 client_wrk() { # TOPO MODE CLOSE(0|1)
@@ -291,8 +356,21 @@ run_case() {
 	cg=$(mode_cgroup "$mode")
 	read -r -a k0 < <(counters3)
 	read -r -a c0 < <(cpu_snapshot "$cg")
+	local perf_pid=
+	if is_set "${PERF:-}"; then
+		perf record -a -g -F 999 -o "$TMPD/perf.data" >/dev/null 2>&1 &
+		perf_pid=$!
+	fi
 	if ! res=$("$@"); then
 		res=
+	fi
+	if [[ -n $perf_pid ]]; then
+		kill -INT "$perf_pid"
+		wait "$perf_pid" || true
+		# Self time by symbol, all CPUs: where the run's time went, the
+		# other tenants of the VM included (they show as their own comms).
+		perf report -i "$TMPD/perf.data" --no-children --sort comm,dso,sym --stdio 2>/dev/null |
+			grep -v '^$' | grep -E '^ +[0-9]' | head -n 40 >"$OUT/perf-$topo-$case-$conns-$mode-$rep.txt" || true
 	fi
 	read -r -a c1 < <(cpu_snapshot "$cg")
 	read -r -a k1 < <(counters3)
@@ -326,6 +404,7 @@ run_case() {
 rounds() {
 	local topo=$1 case=$2 tool=$3 conns=$4 rep mode
 	shift 4
+	[[ -z ${CASES:-} || $case =~ $CASES ]] || return 0
 	for ((rep = 1; rep <= REPS; rep++)); do
 		for mode in "${MODES[@]}"; do
 			run_case "$topo" "$case" "$tool" "$conns" "$mode" "$rep" "$@" "$topo" "$mode"
@@ -336,6 +415,7 @@ rounds() {
 # The client functions take TOPO MODE first; rounds appends them, so pass
 # the rest through a wrapper.
 loadrr_n() { client_loadrr "$2" "$3" "$1"; }
+stream_n() { client_stream "$2" "$3" "$1"; }
 netperf_n() { client_netperf "$3" "$4" "$1" "$2"; }
 wrk_n() { client_wrk "$2" "$3" "$1"; }
 redis_n() { client_redis "$2" "$3" "$1"; }
@@ -390,9 +470,12 @@ for topo in "${LOAD_TOPOLOGIES[@]}"; do
 		rounds "$topo" RR_1B loadrr "$n" loadrr_n "$n"
 	done
 	for n in "${CONN_LIST[@]}"; do
+		rounds "$topo" STREAM_64K loadrr "$n" stream_n "$n"
+	done
+	for n in "${NETPERF_LIST[@]}"; do
 		rounds "$topo" TCP_RR_1B netperf "$n" netperf_n "$n" TCP_RR
 	done
-	for n in "${CONN_LIST[@]}"; do
+	for n in "${NETPERF_LIST[@]}"; do
 		rounds "$topo" TCP_STREAM_64K netperf "$n" netperf_n "$n" TCP_STREAM
 	done
 	rounds "$topo" nginx_keepalive wrk "$WRK_CONNS" wrk_n 0

@@ -14,6 +14,14 @@
  *   loadrr -server -port 7000 -size 1
  *   loadrr -client -host 10.250.1.3 -port 7000 -conns 64 -size 1 -duration 5
  *   conns=64 size=1 duration_s=5.000 transactions=... trans_per_s=... p50_us=... p90_us=... p99_us=... p999_us=... max_us=... mean_us=...
+ *   loadrr -server -sink -port 7002
+ *   loadrr -client -stream -host 10.250.1.3 -port 7002 -conns 512 -size 65536 -duration 5
+ *   conns=512 size=65536 duration_s=5.000 bytes=... mbit_per_s=...
+ *
+ * -stream is the bulk counterpart: every connection writes -size chunks as
+ * fast as it can into a server that discards them. Unlike N netperf
+ * processes, all N connections start and stop together (512 netperf
+ * processes took longer to start than a run lasts on the bench VM).
  *
  * Both sides use non-blocking sockets and one epoll loop (one thread each):
  * the client keeps exactly one request in flight per connection, so -conns 1
@@ -48,7 +56,7 @@ static void die(const char *what)
 
 static void usage(const char *msg)
 {
-	fprintf(stderr, "loadrr: %s (usage: loadrr -server -port P [-size N] | loadrr -client -host A -port P -conns N -size N -duration S)\n", msg);
+	fprintf(stderr, "loadrr: %s (usage: loadrr -server [-sink] -port P [-size N] | loadrr -client [-stream] -host A -port P -conns N -size N -duration S)\n", msg);
 	exit(2);
 }
 
@@ -114,7 +122,7 @@ struct conn {
 
 static char buf[MAXSIZE];
 
-static _Noreturn void serve(int port, size_t size)
+static _Noreturn void serve(int port, size_t size, int sink)
 {
 	int lfd = socket(AF_INET6, SOCK_STREAM, 0), one = 1, ep;
 	struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_any };
@@ -169,6 +177,8 @@ static _Noreturn void serve(int port, size_t size)
 					free(c);
 					break;
 				}
+				if (sink)
+					continue;
 				c->got += (size_t)r;
 				/* A client sends its next request only after the
 				 * response, so a read never spans two requests. */
@@ -197,7 +207,52 @@ static double pct(uint64_t total, double p)
 	return 0;
 }
 
-static int client(const char *host, int port, int nconns, size_t size, double duration)
+/* stream writes size-byte chunks on every connection as fast as the
+ * sockets take them, for duration seconds, and reports the bytes written.
+ * The server (-sink) reads and discards, so what was written was received
+ * but for what sits in the socket buffers at the end (at most a few MB
+ * against the GBs of a run). */
+static int stream(int ep, struct conn *conns, int nconns, size_t size, double duration)
+{
+	struct epoll_event ev, evs[256];
+	uint64_t bytes = 0, start = now_ns(), end = start + (uint64_t)(duration * 1e9), t;
+
+	for (int i = 0; i < nconns; i++) {
+		ev.events = EPOLLOUT;
+		ev.data.ptr = &conns[i];
+		if (epoll_ctl(ep, EPOLL_CTL_MOD, conns[i].fd, &ev))
+			die("epoll_ctl");
+	}
+	while ((t = now_ns()) < end) {
+		int n = epoll_wait(ep, evs, 256, 100);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			die("epoll_wait");
+		}
+		for (int i = 0; i < n; i++) {
+			struct conn *c = evs[i].data.ptr;
+			ssize_t w = write(c->fd, buf, size);
+
+			if (w < 0 && errno != EAGAIN && errno != EINTR)
+				die("write");
+			if (w > 0)
+				bytes += (uint64_t)w;
+		}
+	}
+	for (int i = 0; i < nconns; i++)
+		close(conns[i].fd);
+	{
+		double secs = (double)(t - start) / 1e9;
+
+		printf("conns=%d size=%zu duration_s=%.3f bytes=%llu mbit_per_s=%.1f\n", nconns, size, secs,
+		       (unsigned long long)bytes, (double)bytes * 8 / 1e6 / secs);
+	}
+	return 0;
+}
+
+static int client(const char *host, int port, int nconns, size_t size, double duration, int is_stream)
 {
 	struct sockaddr_storage ss = { 0 };
 	socklen_t sl;
@@ -245,6 +300,8 @@ static int client(const char *host, int port, int nconns, size_t size, double du
 		if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev))
 			die("epoll_ctl");
 	}
+	if (is_stream)
+		return stream(ep, conns, nconns, size, duration);
 	start = now_ns();
 	end = start + (uint64_t)(duration * 1e9);
 	for (int i = 0; i < nconns; i++) {
@@ -319,7 +376,7 @@ static int client(const char *host, int port, int nconns, size_t size, double du
 
 int main(int argc, char **argv)
 {
-	int is_server = 0, is_client = 0, port = 0, nconns = 1;
+	int is_server = 0, is_client = 0, port = 0, nconns = 1, sink = 0, is_stream = 0;
 	size_t size = 1;
 	double duration = 5;
 	const char *host = NULL;
@@ -331,6 +388,10 @@ int main(int argc, char **argv)
 			is_server = 1;
 		else if (!strcmp(a, "-client"))
 			is_client = 1;
+		else if (!strcmp(a, "-sink"))
+			sink = 1;
+		else if (!strcmp(a, "-stream"))
+			is_stream = 1;
 		else if (!v)
 			usage("missing value");
 		else if (!strcmp(a, "-host"))
@@ -350,8 +411,8 @@ int main(int argc, char **argv)
 		usage("need -server or -client, -port and 1 <= -size <= 65536");
 	raise_nofile();
 	if (is_server)
-		serve(port, size);
+		serve(port, size, sink);
 	if (!host || nconns < 1 || duration <= 0)
 		usage("client needs -host, -conns >= 1 and -duration > 0");
-	return client(host, port, nconns, size, duration);
+	return client(host, port, nconns, size, duration, is_stream);
 }
