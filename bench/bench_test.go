@@ -40,27 +40,7 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("ratios.png is not a PNG")
 	}
 
-	f, err := os.Open(filepath.Join(out, "results.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	records, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatalf("parse results.csv: %v", err)
-	}
-	if len(records) < 2 {
-		t.Fatalf("results.csv has no rows")
-	}
-	col := map[string]int{}
-	for i, name := range records[0] {
-		col[name] = i
-	}
-	for _, name := range []string{"topology", "test", "mode", "throughput", "redirected_msgs"} {
-		if _, ok := col[name]; !ok {
-			t.Fatalf("results.csv has no column %q (header %v)", name, records[0])
-		}
-	}
+	records, col := readResults(t, out, "topology", "test", "mode", "throughput", "redirected_msgs")
 	rows := map[[3]string]int{}
 	for i, r := range records[1:] {
 		key := [3]string{r[col["topology"]], r[col["test"]], r[col["mode"]]}
@@ -167,27 +147,7 @@ func TestLoadSmoke(t *testing.T) {
 			t.Errorf("output %s missing or empty (%v)", name, err)
 		}
 	}
-	f, err := os.Open(filepath.Join(out, "results.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	records, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatalf("parse results.csv: %v", err)
-	}
-	if len(records) < 2 {
-		t.Fatal("results.csv has no rows")
-	}
-	col := map[string]int{}
-	for i, name := range records[0] {
-		col[name] = i
-	}
-	for _, name := range []string{"topology", "case", "conns", "mode", "throughput", "p99_us", "p999_us", "max_us", "cpu_us_per_op", "redirected_msgs", "errors", "check"} {
-		if _, ok := col[name]; !ok {
-			t.Fatalf("results.csv has no column %q (header %v)", name, records[0])
-		}
-	}
+	records, col := readResults(t, out, "topology", "case", "conns", "mode", "throughput", "p99_us", "p999_us", "max_us", "cpu_us_per_op", "redirected_msgs", "errors", "check")
 	rows := map[[4]string]int{}
 	for i, r := range records[1:] {
 		key := [4]string{r[col["topology"]], r[col["case"]], r[col["conns"]], r[col["mode"]]}
@@ -224,4 +184,33 @@ func TestLoadSmoke(t *testing.T) {
 			}
 		}
 	}
+}
+
+// readResults parses OUT/results.csv and returns its records and the index
+// of every column by name, failing the test if it has no rows or lacks
+// one of the columns named.
+func readResults(t *testing.T, out string, columns ...string) ([][]string, map[string]int) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(out, "results.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	records, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatalf("parse results.csv: %v", err)
+	}
+	if len(records) < 2 {
+		t.Fatal("results.csv has no rows")
+	}
+	col := map[string]int{}
+	for i, name := range records[0] {
+		col[name] = i
+	}
+	for _, name := range columns {
+		if _, ok := col[name]; !ok {
+			t.Fatalf("results.csv has no column %q (header %v)", name, records[0])
+		}
+	}
+	return records, col
 }

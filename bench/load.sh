@@ -112,7 +112,8 @@ cpu_snapshot() { # CGROUP
 	awk -v hz="$hz" '
 		FILENAME ~ /cpu.stat$/ && $1 == "usage_usec" { cg = $2 }
 		FILENAME == "/proc/stat" && $1 == "cpu" { u = $2 + $3; s = $4; idle = $5 + $6; si = $8 }
-		END { f = 1000000 / hz; printf "%d %d %d %d %d\n", cg, u * f, s * f, si * f, idle * f }
+		# %.0f, not %d: mawk clamps %d to 2^31, which the host totals pass.
+		END { f = 1000000 / hz; printf "%.0f %.0f %.0f %.0f %.0f\n", cg, u * f, s * f, si * f, idle * f }
 	' "$1/cpu.stat" /proc/stat
 }
 
@@ -367,10 +368,17 @@ run_case() {
 	if [[ -n $perf_pid ]]; then
 		kill -INT "$perf_pid"
 		wait "$perf_pid" || true
-		# Self time by symbol, all CPUs: where the run's time went, the
-		# other tenants of the VM included (they show as their own comms).
-		perf report -i "$TMPD/perf.data" --no-children --sort comm,dso,sym --stdio 2>/dev/null |
-			grep -v '^$' | grep -E '^ +[0-9]' | head -n 40 >"$OUT/perf-$topo-$case-$conns-$mode-$rep.txt" || true
+		# Who had the CPUs (the VM's other tenants show as their own
+		# commands), then self time by symbol in the bench's own programs
+		# and the kernel threads that do deferred network work for them.
+		local pf=$OUT/perf-$topo-$case-$conns-$mode-$rep.txt
+		{
+			echo "## samples by command, all CPUs"
+			perf report -i "$TMPD/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -n 15
+			echo "## self time by symbol, bench programs and ksoftirqd/kworker only (percent of all samples)"
+			perf report -i "$TMPD/perf.data" --no-children --sort comm,sym --stdio 2>/dev/null |
+				grep -E '^ +[0-9.]+% +(loadrr|nginx|wrk|redis-server|redis-benchmar|netperf|netserver|ksoftirqd|kworker)' | head -n 30
+		} >"$pf" || true
 	fi
 	read -r -a c1 < <(cpu_snapshot "$cg")
 	read -r -a k1 < <(counters3)
