@@ -52,6 +52,9 @@ NR == 1 {
 	next
 }
 
+# A run without a result (check FAIL_no_result) has nothing to add.
+$col["check"] == "FAIL_no_result" { failed[$col["topology"] " " $col["case"] " " $col["conns"] " " $col["mode"] " round " $col["rep"]] = 1; next }
+
 {
 	topo = $col["topology"]; c = $col["case"]; n = $col["conns"]; mode = $col["mode"]; rep = $col["rep"]
 	k = topo SUBSEP c SUBSEP n
@@ -116,18 +119,24 @@ END {
 		k = order[i]
 		split(k, p, SUBSEP)
 		if (median(k SUBSEP "baseline" SUBSEP "p50") == "") continue
-		b9 = median(k SUBSEP "baseline" SUBSEP "p999"); a9 = median(k SUBSEP "accelerated" SUBSEP "p999")
-		if (b9 == "") { b9 = median(k SUBSEP "baseline" SUBSEP "p99"); a9 = median(k SUBSEP "accelerated" SUBSEP "p99") }
+		b9 = median(k SUBSEP "baseline" SUBSEP "p999"); a9 = median(k SUBSEP "accelerated" SUBSEP "p999"); pl = "p99.9"
+		if (b9 == "") { b9 = median(k SUBSEP "baseline" SUBSEP "p99"); a9 = median(k SUBSEP "accelerated" SUBSEP "p99"); pl = "p99" }
 		bm = hi(k SUBSEP "baseline" SUBSEP "max"); am = hi(k SUBSEP "accelerated" SUBSEP "max")
 		tail = "ok"
-		if (a9 > b9 && am > bm) tail = "**worse** (p99.9 and max)"
-		else if (a9 > b9) tail = "**worse** (p99.9)"
+		if (a9 > b9 && am > bm) tail = "**worse** (" pl " and max)"
+		else if (a9 > b9) tail = "**worse** (" pl ")"
 		else if (am > bm) tail = "**worse** (max)"
 		printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", p[1], p[2], p[3],
 			pair(median(k SUBSEP "baseline" SUBSEP "p50"), median(k SUBSEP "accelerated" SUBSEP "p50")),
 			pair(median(k SUBSEP "baseline" SUBSEP "p99"), median(k SUBSEP "accelerated" SUBSEP "p99")),
 			(median(k SUBSEP "baseline" SUBSEP "p999") == "" ? "n/a" : pair(median(k SUBSEP "baseline" SUBSEP "p999"), median(k SUBSEP "accelerated" SUBSEP "p999"))),
 			pair(bm, am), tail > md
+	}
+	nf = 0
+	for (x in failed) nf++
+	if (nf) {
+		print "\n## Runs without a result\n" > md
+		for (x in failed) print "* " x " (the client's error is in the bench log)" > md
 	}
 	print "\nRaw runs: results.csv (one row per run, with the daemon's counter deltas and the `check` column: `ok` only if an accelerated run was redirected and a baseline run was not). Machine and daemon: system.txt." > md
 }
