@@ -13,7 +13,7 @@ LDFLAGS := -X main.version=$(VERSION)
 
 PREFIX ?= /usr/local
 
-.PHONY: all generate check-generate build test soak soak-transitions lint clean bench bench-scale install uninstall deb test-systemd test-kernel deps
+.PHONY: all generate check-generate build test soak soak-transitions lint clean bench bench-scale bench-load install uninstall deb test-systemd test-kernel deps
 
 all: generate build
 
@@ -92,6 +92,12 @@ bench-cost: build
 # minutes). See bench/scale/README.md.
 bench-scale: build
 	SCALE_QUICK='$(SCALE_QUICK)' OUT='$(OUT)' SOCKACCEL='$(BIN)' GO='$(GO)' bash bench/scale/run.sh
+
+# Tail latency and concurrency (root): make bench-load [QUICK=1|SMOKE=1]
+# [OUT=dir] [TOPOS="bridge veth"] [CONNS="1 8 64 512"] [NETPERF_CONNS="1 8"] [CASES=regexp]
+# [RUN_LEN=s] [LOAD_REPS=n] [PERF=1]; see bench/README.md.
+bench-load: build
+	QUICK='$(QUICK)' SMOKE='$(SMOKE)' OUT='$(OUT)' TOPOS='$(TOPOS)' CONNS='$(CONNS)' NETPERF_CONNS='$(NETPERF_CONNS)' CASES='$(CASES)' RUN_LEN='$(RUN_LEN)' LOAD_REPS='$(LOAD_REPS)' PERF='$(PERF)' SOCKACCEL='$(BIN)' CC='$(CC)' bash bench/load.sh
 
 # Source install: the binary under PREFIX, the unit in /etc/systemd/system
 # with ExecStart pointing at it (the unit in systemd/ says /usr/bin, where

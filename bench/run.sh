@@ -523,6 +523,10 @@ run_unixref() {
 
 # ---------------------------------------------------------------- main
 
+# bench/load.sh sources this file for its settings, topologies, helpers and
+# cleanup trap, and runs a main of its own.
+[[ -z ${BENCH_LIB:-} ]] || return 0
+
 exec 9>"$LOCK"
 if ! flock -n 9; then
 	log "another bench run holds $LOCK; waiting for it (up to 15 minutes)"
