@@ -156,7 +156,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sa_events SEC(".maps");
 
-/* Counters (struct accel_stats), one copy per CPU. */
+/* Counters (struct accel_stats), one copy per CPU. Updated two ways, by
+ * who can interrupt whom on one CPU: sk_msg runs only in a sender's process
+ * context, where nothing else writes its four counters, so it adds plainly
+ * on the per-message path; every other program (sock_ops, setsockopt, the
+ * detectors) can be interrupted by sock_ops in softirq counting the same
+ * field, so those add with __sync_fetch_and_add. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
