@@ -213,6 +213,13 @@ type daemon struct {
 func startDaemon(t *testing.T, args ...string) daemon {
 	t.Helper()
 	d := launchDaemon(t, nil, args...)
+	waitAccelerating(t, d)
+	return d
+}
+
+// waitAccelerating waits for the daemon's start-up line.
+func waitAccelerating(t *testing.T, d daemon) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(d.log.String(), `"msg":"accelerating"`) {
 		if time.Now().After(deadline) {
@@ -220,13 +227,19 @@ func startDaemon(t *testing.T, args ...string) daemon {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return d
 }
 
 // launchDaemon starts "sockaccel run" with env added to the environment;
 // it is killed at cleanup if still running. Its API socket is in a
 // temporary directory, unless args name one.
 func launchDaemon(t *testing.T, env []string, args ...string) daemon {
+	t.Helper()
+	return launchDaemonVia(t, nil, env, args...)
+}
+
+// launchDaemonVia is launchDaemon through a wrapper command that ends by
+// exec'ing its arguments, so that the daemon keeps the wrapper's PID.
+func launchDaemonVia(t *testing.T, wrapper, env []string, args ...string) daemon {
 	t.Helper()
 	api := filepath.Join(t.TempDir(), "run", "sockaccel.sock")
 	for i, a := range args {
@@ -237,7 +250,9 @@ func launchDaemon(t *testing.T, env []string, args ...string) daemon {
 	if !slices.Contains(args, "--api-socket") {
 		args = append(args, "--api-socket", api)
 	}
-	cmd := exec.Command(sockaccelBin, append([]string{"run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0"}, args...)...)
+	argv := append(slices.Clone(wrapper), sockaccelBin, "run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0")
+	argv = append(argv, args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	stderr := fileLog{filepath.Join(t.TempDir(), "stderr")}
 	f, err := os.Create(stderr.path)

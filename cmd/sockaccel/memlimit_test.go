@@ -5,7 +5,6 @@ package main
 import (
 	"bufio"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -152,34 +151,9 @@ func TestUnitMemoryMaxCoversMaps(t *testing.T) {
 
 	// Into the memory cgroup before exec, so that the maps are created
 	// (and charged) there.
-	api := filepath.Join(t.TempDir(), "api.sock")
-	stderr := fileLog{filepath.Join(t.TempDir(), "stderr")}
-	f, err := os.Create(stderr.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command("/bin/sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, mem.dir,
-		sockaccelBin, "run", "--log-format", "json", "--metrics-addr", "127.0.0.1:0", "--api-socket", api,
+	d := launchDaemonVia(t, []string{"/bin/sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, mem.dir}, nil,
 		"--cgroup", cg.Path, "--pin-dir", pin)
-	cmd.Stderr = f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", stderr.String())
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(stderr.String(), `"msg":"accelerating"`); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) || cmd.ProcessState != nil {
-			t.Fatalf("daemon not accelerating within 30 s under a %d MiB limit", limit>>20)
-		}
-	}
+	waitAccelerating(t, d)
 	started, startedKernel := mem.read(t, mem.usage), mem.kernel(t)
 
 	const conns = 4000
@@ -198,7 +172,7 @@ func TestUnitMemoryMaxCoversMaps(t *testing.T) {
 			t.Errorf("%s went from %v to %v", k, before[k], after[k])
 		}
 	}
-	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+	if err := d.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("daemon died under the limit: %v", err)
 	}
 	maxConns := uint64(after["max_conns"].(float64))
