@@ -84,6 +84,11 @@ func TestBadInput(t *testing.T) {
 	}
 	// A hierarchy of our own: the host need not mount v1 controllers.
 	v1 := testenv.TempCgroupV1(t)
+	// A directory anyone could replace the API socket in.
+	openDir := t.TempDir()
+	if err := os.Chmod(openDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
 
 	cases := []struct {
 		name string
@@ -105,6 +110,7 @@ func TestBadInput(t *testing.T) {
 		{"bad gc interval", []string{"--cgroup", cg.Path, "--gc-interval", "-1s"}, "invalid --gc-interval"},
 		{"bad http max requests", []string{"--cgroup", cg.Path, "--http-max-requests", "0"}, "invalid --http-max-requests"},
 		{"api socket path taken", []string{"--cgroup", cg.Path, "--api-socket", notSocket}, "is not a socket"},
+		{"api socket in an open directory", []string{"--cgroup", cg.Path, "--api-socket", filepath.Join(openDir, "api.sock")}, "writable by others without the sticky bit"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

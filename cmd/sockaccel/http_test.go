@@ -199,6 +199,29 @@ func jsonKeys(t *testing.T, what, text string) []string {
 // The API socket: root only (0700 directory, 0600 socket, refused to
 // nobody), and `status`/`conns` through it give what they give from the
 // pins.
+// --api-socket in a directory that was already there (/tmp, say) leaves
+// that directory's mode alone: a daemon once made /tmp 0700 this way.
+func TestAPISocketLeavesAnExistingDirectoryAlone(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	cg := testenv.TempCgroup(t)
+	pin := testenv.TempPinDir(t)
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	startDaemon(t, "--cgroup", cg.Path, "--pin-dir", pin, "--api-socket", filepath.Join(dir, "api.sock"))
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := os.ModeDir | os.ModeSticky | 0o755; fi.Mode() != want {
+		t.Errorf("%s is %v after the daemon put its socket there, want %v as before", dir, fi.Mode(), want)
+	}
+	if st := status(t, pin); st["attached"] != true {
+		t.Errorf("status through the API socket: attached %v", st["attached"])
+	}
+}
+
 func TestAPISocket(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	// Debian's, not a shim under /root that nobody cannot run.

@@ -236,12 +236,17 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc.Encode(v)
 }
 
-// listenAPI creates the API socket at path: its directory 0700 and the
-// socket 0600, both owned by this (root) process; a directory owned by
-// anyone else, or a symlink, is refused. A socket another daemon serves
-// on is refused; a stale one is replaced.
+// listenAPI creates the API socket at path, 0600 and owned by this (root)
+// process, in a directory it creates 0700 if there is none. A directory
+// that was there keeps its mode (--api-socket /tmp/x.sock must not close
+// /tmp to everyone else), but it must be this process's, and not one where
+// others could replace the socket (writable by them without the sticky
+// bit); a symlink is refused. A socket another daemon serves on is
+// refused; a stale one is replaced.
 func listenAPI(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
+	_, err := os.Lstat(dir)
+	existed := err == nil
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -254,9 +259,13 @@ func listenAPI(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("%s is not a directory", dir)
 	case int(st.Uid) != os.Geteuid():
 		return nil, fmt.Errorf("%s is owned by uid %d, not by this process (uid %d)", dir, st.Uid, os.Geteuid())
+	case st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0:
+		return nil, asConfig(fmt.Errorf("%s is writable by others without the sticky bit: anyone could replace the API socket; choose another --api-socket", dir))
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("chmod %s: %w", dir, err)
+	if !existed {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("chmod %s: %w", dir, err)
+		}
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
