@@ -720,17 +720,22 @@ func tcpRmemMax() (uint32, error) {
 	return uint32(v), nil
 }
 
-func replacePorts(m *ebpf.Map, ports []uint16) error {
-	want := make(map[uint16]bool, len(ports))
-	for _, p := range ports {
-		want[p] = true
-		if err := m.Put(p, uint8(1)); err != nil {
-			return fmt.Errorf("put port %d: %w", p, err)
+// replaceKeys makes set map m hold exactly keys: the new ones go in first
+// and only then do the others go, so no moment lacks a key both sets have.
+// what names a key in errors.
+func replaceKeys[K comparable](m *ebpf.Map, keys []K, what func(K) string) error {
+	want := make(map[K]bool, len(keys))
+	for _, k := range keys {
+		want[k] = true
+		if err := m.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("put %s: %w", what(k), err)
 		}
 	}
-	var stale []uint16
-	var key uint16
-	var val uint8
+	var (
+		stale []K
+		key   K
+		val   uint8
+	)
 	it := m.Iterate()
 	for it.Next(&key, &val) {
 		if !want[key] {
@@ -742,10 +747,14 @@ func replacePorts(m *ebpf.Map, ports []uint16) error {
 	}
 	for _, k := range stale {
 		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete port %d: %w", k, err)
+			return fmt.Errorf("delete %s: %w", what(k), err)
 		}
 	}
 	return nil
+}
+
+func replacePorts(m *ebpf.Map, ports []uint16) error {
+	return replaceKeys(m, ports, func(p uint16) string { return fmt.Sprintf("port %d", p) })
 }
 
 func cidrKey(p netip.Prefix) bpfobj.AccelCidrKey {
@@ -760,30 +769,15 @@ func cidrKey(p netip.Prefix) bpfobj.AccelCidrKey {
 }
 
 func replaceCIDRs(m *ebpf.Map, cidrs []netip.Prefix) error {
-	want := make(map[bpfobj.AccelCidrKey]bool, len(cidrs))
-	for _, p := range cidrs {
-		k := cidrKey(p)
-		want[k] = true
-		if err := m.Put(k, uint8(1)); err != nil {
-			return fmt.Errorf("put cidr %s: %w", p, err)
+	keys := make([]bpfobj.AccelCidrKey, len(cidrs))
+	for i, p := range cidrs {
+		keys[i] = cidrKey(p)
+	}
+	return replaceKeys(m, keys, func(k bpfobj.AccelCidrKey) string {
+		addr, bits := netip.AddrFrom16(k.Addr), int(k.Prefixlen)
+		if addr.Is4In6() {
+			addr, bits = addr.Unmap(), bits-96
 		}
-	}
-	var stale []bpfobj.AccelCidrKey
-	var key bpfobj.AccelCidrKey
-	var val uint8
-	it := m.Iterate()
-	for it.Next(&key, &val) {
-		if !want[key] {
-			stale = append(stale, key)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return err
-	}
-	for _, k := range stale {
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete cidr: %w", err)
-		}
-	}
-	return nil
+		return "cidr " + netip.PrefixFrom(addr, bits).String()
+	})
 }
