@@ -303,22 +303,30 @@ func TestHAProxySpliceStallIsReported(t *testing.T) {
 
 // With the daemon's event handling running, the first stalled splice makes
 // it exclude the backend's port: that one fetch stalls (or, rarely, was
-// fast enough to succeed), every later one is intact.
+// fast enough to succeed) until the daemon resets haproxy's connection to
+// nginx, every later one is intact.
 func TestHAProxySpliceLearnsExclusion(t *testing.T) {
 	h := newAppHost(t, 245, nil, "haproxy", "nginx", "curl")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.n.acc.RunEvents(ctx) }()
 	defer func() { cancel(); <-done }()
-	bigSum, addr := h.startHAProxy(t, "2s")
+	// haproxy's own server timeout well beyond the daemon's 2 s grace: a
+	// stalled fetch that fails before it was ended by the reset.
+	bigSum, addr := h.startHAProxy(t, "30s")
 	fetch := func() ([]byte, error) {
 		return h.client.Exec(t, appTimeout, nil, "curl", "--silent", "--show-error", "--fail", "http://"+addr+"/big")
 	}
+	start := time.Now()
 	first, err := fetch()
+	took := time.Since(start)
 	if err == nil && sha(first) != bigSum {
 		t.Fatalf("first fetch succeeded with %d bytes that differ from the file", len(first))
 	}
-	t.Logf("first fetch: %v", err)
+	t.Logf("first fetch: %v after %s", err, took.Round(time.Millisecond))
+	if err != nil && took >= 30*time.Second {
+		t.Errorf("the stalled fetch failed after %s, at haproxy's server timeout: the daemon did not reset the stalled connection", took)
+	}
 	waitFor(t, "port 8080 excluded", func() (bool, string) {
 		s := h.n.stats(t)
 		if err == nil {

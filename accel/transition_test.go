@@ -555,8 +555,9 @@ func TestOOBMisreadIsCountedAndLearned(t *testing.T) {
 // redirected bytes can never read them. Before, such a relay hung for good
 // (a SOCKS5 proxy for over 6 minutes); now the daemon resets that
 // connection after a short grace, so the relay's copy fails with an error
-// it can act on, and the service port is learned, so the next connection
-// is relayed intact over TCP.
+// it can act on (Go's splice is non-blocking: it retries on the wakeup and
+// gets ECONNRESET), the client sees ECONNRESET too, and the service port
+// is learned, so the next connection is relayed intact over TCP.
 func TestSpliceStallFailsFast(t *testing.T) {
 	n := newNode(t, nil)
 	ns := testenv.NewNetns(t)
@@ -565,7 +566,7 @@ func TestSpliceStallFailsFast(t *testing.T) {
 	ep := n.in(ns)
 	sink := testenv.Endpoint{Netns: ns}.Listen(t, "tcp4", "127.0.0.1:7331") // plain TCP: where the relay copies to
 	relay := ep.Listen(t, "tcp4", "127.0.0.1:7330")
-	relayOnce := func(payload []byte, closeWrite bool) (copyErr error, got []byte) {
+	relayOnce := func(payload []byte, closeWrite bool) (copyErr error, got []byte, clientErr error) {
 		p := testenv.Connect(t, ep, relay, "tcp4", "127.0.0.1:7330", 1)[0]
 		defer p.Client.Close()
 		defer p.Server.Close()
@@ -600,7 +601,12 @@ func TestSpliceStallFailsFast(t *testing.T) {
 		case <-time.After(time.Minute):
 			t.Fatal("the relay's io.Copy still hangs after a minute")
 		}
-		return copyErr, got
+		if copyErr != nil {
+			// What the client, waiting for its answer, sees of the reset.
+			p.Client.SetReadDeadline(time.Now().Add(30 * time.Second))
+			_, clientErr = p.Client.Read(make([]byte, 1))
+		}
+		return copyErr, got, clientErr
 	}
 
 	// The client keeps its connection open (a request waiting for its
@@ -609,10 +615,20 @@ func TestSpliceStallFailsFast(t *testing.T) {
 	// README's matrix.
 	payload := bytes.Repeat([]byte("relay me "), 1000)
 	start := time.Now()
-	err, got := relayOnce(payload, false)
-	t.Logf("first relayed connection: io.Copy ended after %s with %v, %d of %d bytes arrived", time.Since(start).Round(time.Millisecond), err, len(got), len(payload))
-	if err == nil {
-		t.Errorf("io.Copy of a stalled splice ended without an error, %d of %d bytes delivered", len(got), len(payload))
+	err, got, clientErr := relayOnce(payload, false)
+	took := time.Since(start)
+	t.Logf("first relayed connection: io.Copy ended after %s with %v, %d of %d bytes arrived; the client read %v",
+		took.Round(time.Millisecond), err, len(got), len(payload), clientErr)
+	if !errors.Is(err, unix.ECONNRESET) {
+		t.Errorf("io.Copy of a stalled splice ended with %v (%d of %d bytes delivered), want ECONNRESET", err, len(got), len(payload))
+	}
+	if !errors.Is(clientErr, unix.ECONNRESET) {
+		t.Errorf("the client of the reset connection read %v, want ECONNRESET", clientErr)
+	}
+	// Not before the grace the daemon gives an application to fall back to
+	// recv; the upper bound only tells a hang from a reset.
+	if took < 2*time.Second || took > 30*time.Second {
+		t.Errorf("io.Copy failed after %s, want the 2 s grace and then the reset", took)
 	}
 	if s := n.stats(t); s.SpliceStalled != 1 {
 		t.Errorf("splice_stalled %d, want 1", s.SpliceStalled)
@@ -622,7 +638,7 @@ func TestSpliceStallFailsFast(t *testing.T) {
 		return len(st.LearnedExclusions) == 1 && st.LearnedExclusions[0].Port == 7330, fmt.Sprintf("%+v", st.LearnedExclusions)
 	})
 
-	err, got = relayOnce(payload, true)
+	err, got, _ = relayOnce(payload, true)
 	if err != nil || !bytes.Equal(got, payload) {
 		t.Errorf("next relayed connection: io.Copy %v, %d of %d bytes", err, len(got), len(payload))
 	}
@@ -703,6 +719,10 @@ func (n *node) runEvents(t *testing.T) {
 
 // The same stall in a C relay that splices with blocking calls: its splice
 // sleeps in the kernel instead of returning EAGAIN, and the reset ends it.
+// A thread asleep when the daemon disconnects the socket gets EPIPE on
+// kernels with 419ce133ab92 (6.6 and later; Debian 12's 6.1 too), which
+// fails whatever a disconnect interrupted; ECONNRESET, the socket's error,
+// on kernels before 4faeee0cf8a5. The client sees ECONNRESET either way.
 func TestCSpliceRelayStallFailsFast(t *testing.T) {
 	testenv.RequireTools(t, "cc")
 	n := newNode(t, nil)
@@ -717,7 +737,7 @@ func TestCSpliceRelayStallFailsFast(t *testing.T) {
 		t.Fatalf("build splicerelay: %v\n%s", err, out)
 	}
 	sink := testenv.Endpoint{Netns: ns}.Listen(t, "tcp4", "127.0.0.1:7361") // plain TCP upstream
-	relayOnce := func(closeWrite bool) (relay string, got int) {
+	relayOnce := func(closeWrite bool) (relay string, got int, clientErr error) {
 		r := n.in(ns).Start(t, relayBin, "127.0.0.1", "7360", "7361", "300")
 		r.WaitOutput(t, "listening")
 		c, err := n.in(ns).Dial(t, "tcp4", "", "127.0.0.1:7360")
@@ -745,23 +765,116 @@ func TestCSpliceRelayStallFailsFast(t *testing.T) {
 		if err := r.Wait(time.Minute); err != nil && !strings.Contains(r.Output(), "error") {
 			t.Fatalf("relay: %v: %s", err, r.Output())
 		}
+		if !closeWrite {
+			// What the client, waiting for its answer, sees of the reset.
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			_, clientErr = c.Read(make([]byte, 1))
+		}
 		c.Close()
-		return strings.TrimSpace(strings.TrimPrefix(r.Output(), "listening\n")), <-done
+		return strings.TrimSpace(strings.TrimPrefix(r.Output(), "listening\n")), <-done, clientErr
 	}
 
 	start := time.Now()
-	relay, got := relayOnce(false)
-	t.Logf("first connection: relay said %q after %s; upstream got %d bytes", relay, time.Since(start).Round(time.Millisecond), got)
-	if !strings.HasPrefix(relay, "error") {
-		t.Errorf("the stalled relay's splice did not fail: %q", relay)
+	relay, got, clientErr := relayOnce(false)
+	took := time.Since(start)
+	t.Logf("first connection: relay said %q after %s; upstream got %d bytes; the client read %v",
+		relay, took.Round(time.Millisecond), got, clientErr)
+	if !strings.HasPrefix(relay, "error EPIPE ") && !strings.HasPrefix(relay, "error ECONNRESET ") {
+		t.Errorf("the stalled relay's splice ended with %q, want EPIPE or ECONNRESET", relay)
+	}
+	if !errors.Is(clientErr, unix.ECONNRESET) {
+		t.Errorf("the client of the reset connection read %v, want ECONNRESET", clientErr)
+	}
+	// Not before the grace the daemon gives an application to fall back to
+	// recv; the upper bound only tells a hang from a reset.
+	if took < 2*time.Second || took > 30*time.Second {
+		t.Errorf("the relay failed after %s, want the 2 s grace and then the reset", took)
 	}
 	waitFor(t, "the relay's port to be learned", func() (bool, string) {
 		st := n.status(t)
 		return len(st.LearnedExclusions) == 1 && st.LearnedExclusions[0].Port == 7360, fmt.Sprintf("%+v", st.LearnedExclusions)
 	})
-	relay, got = relayOnce(true)
+	relay, got, _ = relayOnce(true)
 	if relay != "ok 9000" || got != 9000 {
 		t.Errorf("next connection: relay said %q, upstream got %d of 9000 bytes", relay, got)
+	}
+}
+
+// The blocking splice of TestCSpliceRelayStallFailsFast without a C
+// compiler, so that it runs on every test kernel: a thread asleep in
+// splice when the daemon resets its connection. It gets EPIPE on kernels
+// with 419ce133ab92 (a disconnect fails whatever it interrupted),
+// ECONNRESET on kernels before 4faeee0cf8a5; on kernels with 4faeee0cf8a5
+// alone the kernel refuses the disconnect (EBUSY) and the splice would
+// sleep on, which the 30 s bound reports.
+func TestSpliceStallBlockingFailsFast(t *testing.T) {
+	n := newNode(t, nil)
+	ns := testenv.NewNetns(t)
+	n.runEvents(t)
+	ep := n.in(ns)
+	ln := ep.Listen(t, "tcp4", "127.0.0.1:7336")
+	p := testenv.Connect(t, ep, ln, "tcp4", "127.0.0.1:7336", 1)[0]
+	defer p.Client.Close()
+	defer p.Server.Close()
+	if _, err := p.Client.Write(bytes.Repeat([]byte("x"), 4096)); err != nil {
+		t.Fatal(err)
+	}
+	waitReadable(t, p.Server)
+	f, err := p.Server.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Fd puts the open file, shared with p.Server, in blocking mode: the
+	// splice sleeps in the kernel, as a C relay's does.
+	fd := int(f.Fd())
+	pp := newPipe(t)
+	before := n.status(t)
+	start := time.Now()
+	spliced := make(chan error, 1)
+	go func() {
+		for {
+			_, err := unix.Splice(fd, nil, pp[1], nil, 65536, 0)
+			if err != unix.EINTR {
+				spliced <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err = <-spliced:
+	case <-time.After(30 * time.Second):
+		unix.Shutdown(fd, unix.SHUT_RDWR) // wakes the splice so the test can end
+		<-spliced
+		t.Fatal("a blocking splice of a stalled connection still sleeps after 30 s: was it reset?")
+	}
+	took := time.Since(start)
+	p.Client.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, clientErr := p.Client.Read(make([]byte, 1))
+	t.Logf("the blocking splice failed after %s with %v; the client read %v", took.Round(time.Millisecond), err, clientErr)
+	// The daemon then takes the reset socket out of the sockhash, so that
+	// its redirected bytes go with the connection: a read after the error
+	// fails as on a reset TCP socket, instead of returning those bytes
+	// and then waiting for ever.
+	waitFor(t, "the reset socket to leave the sockhash", func() (bool, string) {
+		in := n.status(t).SockhashEntries
+		return in == before.SockhashEntries-1, fmt.Sprintf("%d sockets in the sockhash, %d before the reset", in, before.SockhashEntries)
+	})
+	for i := range 2 {
+		k, _, rerr := unix.Recvfrom(fd, make([]byte, 65536), unix.MSG_DONTWAIT)
+		t.Logf("read %d after the reset: %d %v", i+1, k, rerr)
+		if k >= 0 || (rerr != unix.ECONNRESET && rerr != unix.ENOTCONN) {
+			t.Errorf("read %d after the reset: %d %v, want ECONNRESET or ENOTCONN", i+1, k, rerr)
+		}
+	}
+	if !errors.Is(err, unix.EPIPE) && !errors.Is(err, unix.ECONNRESET) {
+		t.Errorf("the blocking splice of a reset connection ended with %v, want EPIPE or ECONNRESET", err)
+	}
+	if !errors.Is(clientErr, unix.ECONNRESET) {
+		t.Errorf("the client of the reset connection read %v, want ECONNRESET", clientErr)
+	}
+	if took < 2*time.Second {
+		t.Errorf("reset after %s, before the 2 s grace", took)
 	}
 }
 
