@@ -230,7 +230,7 @@ pass "64 MiB intact ($res), $redirected bytes redirected"
 echo "== a connection stalled in splice"
 inside systemd-run -q --unit=sa-splice ip netns exec b python3 /usr/local/lib/sockaccel-test/stream.py splice 10.99.0.2 5003 /root/splice.out
 sleep 0.5
-inside systemd-run -q --unit=sa-poke ip netns exec a python3 /usr/local/lib/sockaccel-test/stream.py poke 10.99.0.2 5003
+inside systemd-run -q --unit=sa-poke ip netns exec a python3 /usr/local/lib/sockaccel-test/stream.py poke 10.99.0.2 5003 /root/poke.out
 for _ in $(seq 100); do
 	[ "$(status_json | jget splice_stalled)" != 0 ] && break
 	sleep 0.1
@@ -239,23 +239,33 @@ status_json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert any(l[
 	fail "stalled splice not learned"
 # The daemon, in this container's PID namespace like the applications, gets
 # their PIDs as it sees them, so after its grace period (2 s) it resets the
-# connection: the splice fails instead of waiting for ever.
+# connection, from its own network namespace (no CAP_SYS_ADMIN): the
+# splice fails instead of waiting for ever. stream.py's splice is blocking,
+# and a thread asleep on a socket that is disconnected gets EPIPE on this
+# kernel (419ce133ab92; ECONNRESET before 4faeee0cf8a5); the client, also
+# waiting, gets the RST.
 for _ in $(seq 150); do
-	inside test -s /root/splice.out && break
+	inside test -s /root/splice.out && inside test -s /root/poke.out && break
 	sleep 0.1
 done
 spliced=$(inside cat /root/splice.out 2>/dev/null || true)
+poked=$(inside cat /root/poke.out 2>/dev/null || true)
 reset=$(inside journalctl -u sockaccel.service --no-pager -o cat | grep 'reset a connection stalled in splice' | tail -1)
 case "$spliced" in
-"error ECONNABORTED"*) ;;
-*) fail "stalled splice ended with '${spliced:-nothing within 15 s}', want ECONNABORTED; daemon: '${reset:-no reset logged}'" ;;
+"error EPIPE"* | "error ECONNRESET"*) ;;
+*) fail "stalled splice ended with '${spliced:-nothing within 15 s}', want EPIPE or ECONNRESET; daemon: '${reset:-no reset logged}'" ;;
 esac
-pass "stall detected, port 5003 learned, the connection reset: splice '$spliced'"
+case "$poked" in
+"error ECONNRESET"*) ;;
+*) fail "the stalled connection's client saw '${poked:-nothing within 15 s}', want ECONNRESET" ;;
+esac
+pass "stall detected, port 5003 learned, the connection reset: splice '$spliced', client '$poked'"
 inside systemctl stop sa-splice sa-poke 2>/dev/null || true
 
 # What the reset needs, tried under the unit's own sandbox (ExecStart
-# replaced), one permission at a time, to name the one that is missing.
-echo "== the unit's sandbox allows what resetting a stalled connection needs"
+# replaced), one permission at a time, to name the one that is missing; and
+# what the old reset (setns, SOCK_DESTROY) needed, now refused.
+echo "== the unit's sandbox allows what resetting a stalled connection needs, and no more"
 inside systemd-run -q --unit=sa-victim sleep 600
 victim=$(inside systemctl show -p MainPID --value sa-victim)
 inside mkdir -p /run/systemd/system/sockaccel.service.d
@@ -268,7 +278,8 @@ got=$(inside journalctl -u sockaccel.service --since "$since" --no-pager -o cat 
 inside rm -r /run/systemd/system/sockaccel.service.d
 inside systemctl daemon-reload
 inside systemctl stop sa-victim
-[ "$got" = "sandbox: pidfd_open ok, pidfd_getfd ok, setns ok, sock_diag ok" ] || fail "under the unit's sandbox: '$got'"
+[ "$got" = "sandbox: pidfd_open ok, pidfd_getfd ok, setns Operation not permitted, sock_diag Address family not supported by protocol" ] ||
+	fail "under the unit's sandbox: '$got'"
 pass "$got"
 inside systemctl reset-failed sockaccel.service 2>/dev/null || true
 inside systemctl start sockaccel.service
@@ -353,14 +364,12 @@ pass "SIGSTOP: '$wd', restarted as $(show MainPID)"
 echo "== systemd-analyze security"
 score=$(inside systemd-analyze security sockaccel.service 2>/dev/null | sed -n 's/.*Overall exposure level for sockaccel.service: \([0-9.]*\).*/\1/p')
 [ -n "$score" ] || fail "no exposure score"
-# 2.6: the issue's target was 2.5, but resetting a stalled splice needs
-# CAP_SYS_ADMIN (setns), CAP_SYS_PTRACE (pidfd_getfd), pidfd_getfd in the
-# syscall filter and setns under RestrictNamespaces=: without any one of
-# them the score is 2.3-2.5 and such a connection hangs for ever. This
-# guards against regressions.
-awk -v s="$score" 'BEGIN { exit !(s <= 2.6) }' || {
+# The issue's target. What keeps it above 2: root, CAP_SYS_PTRACE and
+# pidfd_getfd (borrowing a stalled socket), bpf and perf_event_open, no
+# private network (README, "Install as a service").
+awk -v s="$score" 'BEGIN { exit !(s <= 2.5) }' || {
 	inside systemd-analyze security sockaccel.service 2>/dev/null | grep -v '✓' >&2
-	fail "exposure $score > 2.6"
+	fail "exposure $score > 2.5"
 }
 pass "exposure $score"
 cg=/sys/fs/cgroup/system.slice/sockaccel.service

@@ -4,9 +4,11 @@ stream.py serve ADDR PORT FILE          accept one connection, read to EOF
 stream.py send ADDR PORT FILE MIB PACE  send MIB MiB in 256 KiB sends, PACE s apart
 stream.py splice ADDR PORT FILE         accept one connection, let 64 KiB arrive, then
                                         splice from it: FILE gets what splice did
-stream.py poke ADDR PORT                send 64 KiB, wait for the server to go
-stream.py sandbox PID NETNS             what resetting a stalled connection needs,
-                                        tried on process PID and netns NETNS
+stream.py poke ADDR PORT FILE           send 64 KiB, wait for the server's answer:
+                                        FILE gets how that wait ended
+stream.py sandbox PID NETNS             what resetting a stalled connection needs
+                                        (borrowing a socket of process PID), and
+                                        what it no longer needs (entering NETNS)
 
 The client socket has a timeout, so it is in non-blocking mode: sockaccel's
 default (--conservative) accelerates such connections.
@@ -54,7 +56,7 @@ def send(addr, port, out, mib, pace):
 def splice(addr, port, out):
     # Redirected bytes are invisible to splice: without sockaccel's reset
     # this call would wait forever.
-    import errno, os, signal
+    import os, signal
     ln = socket.create_server((addr, int(port)))
     conn, _ = ln.accept()
     time.sleep(1)
@@ -65,10 +67,21 @@ def splice(addr, port, out):
 
     signal.signal(signal.SIGALRM, timeout)
     signal.alarm(30)
+    record(out, lambda: os.splice(conn.fileno(), w, 65536))
+
+
+def poke(addr, port, out):
+    s = socket.create_connection((addr, int(port)), timeout=60)
+    s.sendall(b"x" * 65536)
+    record(out, lambda: len(s.recv(1)))
+
+
+def record(out, call):
+    """FILE gets how call() ended ("read N", "stalled" or "error ERRNO") and when."""
+    import errno
     start = time.monotonic()
     try:
-        n = os.splice(conn.fileno(), w, 65536)
-        res = f"read {n}"
+        res = f"read {call()}"
     except TimeoutError:
         res = "stalled"
     except OSError as e:
@@ -77,19 +90,12 @@ def splice(addr, port, out):
         f.write(f"{res} after {time.monotonic() - start:.1f} s\n")
 
 
-def poke(addr, port):
-    s = socket.create_connection((addr, int(port)), timeout=60)
-    s.sendall(b"x" * 65536)
-    try:
-        s.recv(1)
-    except OSError:
-        pass
-
-
 def sandbox(pid, netns):
     # Run as the unit's ExecStart (same sandbox): pidfd_getfd (CAP_SYS_PTRACE,
-    # syscall filter), setns into a network namespace (CAP_SYS_ADMIN,
-    # RestrictNamespaces=net) and a sock_diag socket there (AF_NETLINK).
+    # syscall filter) is needed; setns into a network namespace and a
+    # sock_diag socket, what the reset needed before it disconnected the
+    # borrowed socket instead, must now be refused (no CAP_SYS_ADMIN,
+    # RestrictNamespaces=yes, no AF_NETLINK).
     import ctypes, os
     libc = ctypes.CDLL(None, use_errno=True)
     res = []
