@@ -98,6 +98,11 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 		// inserted and sock_ops takes it out again as its server is
 		// refused.
 		refused bool
+		// The plain peer is a server in scope whose service (its port,
+		// any cgroup) was learned: its accepted end is excluded, and the
+		// client, whose own check does not cover a server-end service,
+		// must not be inserted either.
+		learned bool
 	}{
 		{name: "server", side: "server", every: 1 << 20},
 		{name: "client", side: "client", every: 1 << 20},
@@ -114,6 +119,7 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 		// with EAGAIN (20 of 20 runs).
 		{name: "client-excluded-server-long-wait", side: "client", every: 16 << 20, excluded: true},
 		{name: "client-refused-server-long-wait", side: "client", every: 16 << 20, refused: true},
+		{name: "client-learned-server-long-wait", side: "client", every: 16 << 20, learned: true},
 	} {
 		side := tc.side
 		t.Run(tc.name, func(t *testing.T) {
@@ -136,6 +142,10 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 			if tc.refused {
 				n.takeSockhashSlot(t)
 				plain.Cgroup = &n.cg // its listener in scope
+			}
+			if tc.learned {
+				n.learnServerPort(t, 7402)
+				plain.Cgroup = &n.cg
 			}
 			before := n.stats(t)
 			var (
@@ -188,7 +198,7 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 			if have := f[3] + " " + f[4]; sent != have {
 				t.Errorf("plain peer sent %s, accelerated end read %s", sent, have)
 			}
-			if !tc.excluded && !tc.refused {
+			if !tc.excluded && !tc.refused && !tc.learned {
 				// Its peer is not a local socket in scope: it is not
 				// inserted at all.
 				if ins, np := s.Inserted-before.Inserted, s.NoPeer-before.NoPeer; ins != 0 || np != 1 {
@@ -196,10 +206,14 @@ func TestLonelyEndBlockingDuplex(t *testing.T) {
 				}
 				return
 			}
-			if tc.excluded {
+			if tc.excluded || tc.learned {
 				// Nothing ever entered the sockhash.
-				if ins, ex, np := s.Inserted-before.Inserted, s.ExcludedCgroup-before.ExcludedCgroup, s.NoPeer-before.NoPeer; ins != 0 || ex != 1 || np != 1 {
-					t.Errorf("inserted %d, excluded_cgroup %d, no_peer %d; want 0, 1 (the server), 1 (the client)", ins, ex, np)
+				ex := s.ExcludedCgroup - before.ExcludedCgroup
+				if tc.learned {
+					ex = s.ExcludedLearned - before.ExcludedLearned
+				}
+				if ins, np := s.Inserted-before.Inserted, s.NoPeer-before.NoPeer; ins != 0 || ex != 1 || np != 1 {
+					t.Errorf("inserted %d, excluded %d, no_peer %d; want 0, 1 (the server), 1 (the client)", ins, ex, np)
 				}
 			} else if ins, full, ld := s.Inserted-before.Inserted, s.MapFull-before.MapFull, s.LonelyDirect-before.LonelyDirect; ins != 1 || full != 1 || ld != 1 {
 				t.Errorf("inserted %d, map_full %d, lonely_direct %d; want 1 (the client), 1 (the server), 1 (the client out again)", ins, full, ld)
@@ -249,5 +263,34 @@ func (n *node) takeSockhashSlot(t *testing.T) {
 	key := bpfobj.AccelSockKey{LocalPort: 1, RemotePort: 1}
 	if err := m.Update(&key, uint64(f.Fd()), ebpf.UpdateNoExist); err != nil {
 		t.Fatalf("take a sockhash slot: %v", err)
+	}
+}
+
+// learnServerPort writes a learned exclusion of the service on port (its
+// server end, in any cgroup) into the node's pinned map, as the detector
+// would after a misread, and turns its lookups on.
+func (n *node) learnServerPort(t *testing.T, port uint16) {
+	t.Helper()
+	learned, err := ebpf.LoadPinnedMap(filepath.Join(n.pin, "sa_learned"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer learned.Close()
+	key := bpfobj.AccelLearnedKey{Port: port, End: uint8(bpfobj.AccelLearnedEndLEARNED_SERVER)}
+	if err := learned.Put(&key, &bpfobj.AccelLearnedUse{Reasons: uint32(bpfobj.AccelUseReasonUSE_SPLICE)}); err != nil {
+		t.Fatalf("learn port %d: %v", port, err)
+	}
+	cfgMap, err := ebpf.LoadPinnedMap(filepath.Join(n.pin, "sa_config"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cfgMap.Close()
+	var cfg bpfobj.AccelAccelConfig
+	if err := cfgMap.Lookup(uint32(0), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Flags |= uint32(bpfobj.AccelConfigFlagsCONFIG_F_LEARNED)
+	if err := cfgMap.Put(uint32(0), &cfg); err != nil {
+		t.Fatal(err)
 	}
 }
