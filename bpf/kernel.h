@@ -159,9 +159,9 @@ static __always_inline __u64 sock_cgroup_id_probed(struct sock *s)
  * it and keeps the request socket in the context, and the request socket
  * names its listener: read both through probe reads (a context pointer may
  * be passed as a plain value only by a program loaded with CAP_PERFMON,
- * which the daemon has). Exact where a record written at listen() would
- * have to guess: SO_REUSEPORT groups, wildcard and dual-stack binds,
- * listeners from before the daemon. */
+ * which bpf_probe_read_kernel needs anyway). Exact where a record written
+ * at listen() would have to guess (SO_REUSEPORT groups, wildcard and
+ * dual-stack binds) or be missing (listeners from before the daemon). */
 static __always_inline struct sock *request_listener(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock_ops_kern *kctx = (struct bpf_sock_ops_kern *)skops;
