@@ -41,7 +41,11 @@ const struct lonely_event *unused_lonely_event __attribute__((unused));
 /* A listener in scope answers a SYN: remember the connection, as its client
  * will see it, so that the client inserts itself only if its server is a
  * local socket in scope (see track_established). Runs before the SYN-ACK
- * goes out, so before the client's established callback. */
+ * goes out, so before the client's established callback. Not for a server
+ * end that the exclusions will keep out of the sockhash: its client would
+ * be a lonely end from its first instant, and a blocking recv it starts
+ * before anything takes it out again waits in tcp_bpf_recvmsg, where the
+ * write-space wake-ups of its own TCP sends end it with EAGAIN. */
 static __always_inline void note_server(struct bpf_sock_ops *skops)
 {
 	struct accel_config *cfg = config();
@@ -53,16 +57,21 @@ static __always_inline void note_server(struct bpf_sock_ops *skops)
 	if (!cfg || (cfg->flags & CONFIG_F_NO_NEW) || (family != AF_INET && family != AF_INET6))
 		return;
 	skops_tuple(skops, family, &server);
-	__builtin_memcpy(client.local_ip, server.remote_ip, sizeof(client.local_ip));
-	__builtin_memcpy(client.remote_ip, server.local_ip, sizeof(client.remote_ip));
-	client.local_isn = 0;
-	client.remote_isn = 0;
-	client.local_port = server.remote_port;
-	client.remote_port = server.local_port;
+	key_mirror(&client, &server);
+	if (request_excluded(skops, cfg->flags, &server)) {
+		/* An earlier answer to the same tuple (a retransmitted SYN
+		 * answered before a reload) must not speak for this one. */
+		bpf_map_delete_elem(&sa_servers, &client);
+		return;
+	}
 	bpf_map_update_elem(&sa_servers, &client, &one, BPF_ANY);
 }
 
-static __always_inline void track_established(struct bpf_sock_ops *skops)
+/* Puts an established socket in the sockhash if it may be, and says
+ * whether an accepted end was refused for a reason that can leave a client
+ * already in the sockhash waiting for it (see drop_lonely_client): 1 then,
+ * 0 when it was inserted or its client cannot be in the sockhash. */
+static __always_inline int track_established(struct bpf_sock_ops *skops)
 {
 	struct accel_stats *st = stats();
 	struct accel_config *cfg = config();
@@ -77,27 +86,27 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	int miss;
 
 	if (!st || !cfg)
-		return;
+		return 0;
 	flags = cfg->flags;
 	if (family != AF_INET && family != AF_INET6)
-		return;
+		return 0;
 	__sync_fetch_and_add(&st->established, 1);
 
 	if (flags & CONFIG_F_NO_NEW) {
 		__sync_fetch_and_add(&st->disabled, 1);
-		return;
+		return 1;
 	}
 	if ((flags & CONFIG_F_CONSERVATIVE) && skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
 	    file_blocking(skops->sk)) {
 		__sync_fetch_and_add(&st->blocking, 1);
-		return;
+		return 0;
 	}
 	/* Bytes this socket sent before establishment (TCP Fast Open) went
 	 * through TCP outside our ordering rule and shift the sequence number
 	 * the key is built from. */
 	if (skops->data_segs_out) {
 		__sync_fetch_and_add(&st->early_data, 1);
-		return;
+		return 1;
 	}
 
 	skops_tuple(skops, family, &key);
@@ -105,23 +114,23 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	if ((flags & CONFIG_F_EXCL_PORTS) &&
 	    (port_excluded((__u16)skops->local_port) || port_excluded(bpf_ntohs(key.remote_port)))) {
 		__sync_fetch_and_add(&st->excluded_port, 1);
-		return;
+		return 1;
 	}
 	if ((flags & CONFIG_F_EXCL_CIDRS) && (addr_excluded(key.local_ip) || addr_excluded(key.remote_ip))) {
 		__sync_fetch_and_add(&st->excluded_cidr, 1);
-		return;
+		return 1;
 	}
 	/* Per socket: an end in an excluded subtree stays out of the map, so
 	 * its peer finds nothing to redirect to either. */
 	if ((flags & CONFIG_F_EXCL_CGROUPS) && skops->sk && cgroup_excluded(kernel_sock(skops->sk))) {
 		__sync_fetch_and_add(&st->excluded_cgroup, 1);
-		return;
+		return 1;
 	}
 	if ((flags & CONFIG_F_LEARNED) && skops->sk &&
 	    learned_excluded(sock_cgroup_id(kernel_sock(skops->sk)), (__u16)skops->local_port,
 			     bpf_ntohs(key.remote_port))) {
 		__sync_fetch_and_add(&st->excluded_learned, 1);
-		return;
+		return 1;
 	}
 
 	/* Having sent nothing yet, snd_nxt is our ISN + 1. The peer may
@@ -133,13 +142,13 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	sk = skops->sk;
 	if (!sk) {
 		__sync_fetch_and_add(&st->storage_errors, 1);
-		return;
+		return 1;
 	}
 	state = bpf_sk_storage_get(&sa_sock_state, sk, 0,
 				   BPF_SK_STORAGE_GET_F_CREATE);
 	if (!state) {
 		__sync_fetch_and_add(&st->storage_errors, 1);
-		return;
+		return 1;
 	}
 	/* The kernel refuses a socket with a ULP in a sockhash (an MPTCP
 	 * subflow has one from its start): such a connection simply stays
@@ -147,7 +156,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	ks = kernel_sock(sk);
 	if (ks && ((struct tcp_sock *)ks)->inet_conn.icsk_ulp_ops) {
 		__sync_fetch_and_add(&st->ulp, 1);
-		return;
+		return 1;
 	}
 	/* A socket in repair mode chose its own sequence numbers, so its key
 	 * could be another connection's: it is never paired. (The setsockopt
@@ -155,18 +164,18 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 	 * daemon attached.) */
 	if (ks && CORE_READ_BITFIELD((struct tcp_sock *)ks, repair)) {
 		__sync_fetch_and_add(&st->repair, 1);
-		return;
+		return 1;
 	}
 	/* Keep what setsockopt said before establishment. */
 	state->flags &= SOCK_F_NO_INGRESS | SOCK_F_NO_ACCEL | SOCK_F_TCP_PATH | SOCK_F_REPAIR | SOCK_F_TOKEN |
 			SOCK_F_TOKEN_NO_ROOM;
 	if (state->flags & SOCK_F_REPAIR) {
 		__sync_fetch_and_add(&st->repair, 1);
-		return;
+		return 1;
 	}
 	if (state->flags & SOCK_F_NO_ACCEL) {
 		__sync_fetch_and_add(&st->off_setsockopt, 1);
-		return;
+		return 1;
 	}
 	/* Without the pairing token the key could be someone else's. */
 	miss = token_fold(skops, state, &key);
@@ -174,7 +183,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		/* Its client is elsewhere or not in scope (it would have sent
 		 * one), or the token was stripped: never a paired client. */
 		__sync_fetch_and_add(&st->no_peer, 1);
-		return;
+		return 0;
 	}
 	if (miss) {
 		/* A client: not paired either way; counted as no_peer when no
@@ -190,7 +199,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 			__sync_fetch_and_add(&st->token_no_room, 1);
 		else
 			__sync_fetch_and_add(&st->token_unconfirmed, 1);
-		return;
+		return 0;
 	}
 	/* SO_RCVLOWAT is inherited from the listener; poll on the psock
 	 * queue ignores it, so nothing may be redirected into this socket. */
@@ -198,12 +207,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		state->flags |= SOCK_F_NO_INGRESS;
 		__sync_fetch_and_add(&st->off_setsockopt, 1);
 	}
-	__builtin_memcpy(state->peer.local_ip, key.remote_ip, sizeof(key.remote_ip));
-	__builtin_memcpy(state->peer.remote_ip, key.local_ip, sizeof(key.local_ip));
-	state->peer.local_isn = key.remote_isn;
-	state->peer.remote_isn = key.local_isn;
-	state->peer.local_port = key.remote_port;
-	state->peer.remote_port = key.local_port;
+	key_mirror(&state->peer, &key);
 	/* The conntrack key is the client end's key, known to both ends. */
 	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
 		state->side = CT_SIDE_ACTIVE;
@@ -223,7 +227,7 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		client = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 		if (!client || !client->cookie[CT_SIDE_ACTIVE]) {
 			__sync_fetch_and_add(&st->no_peer, 1);
-			return;
+			return 0;
 		}
 	}
 
@@ -237,22 +241,82 @@ static __always_inline void track_established(struct bpf_sock_ops *skops)
 		tuple.remote_isn = 0;
 		if (bpf_map_delete_elem(&sa_servers, &tuple)) {
 			__sync_fetch_and_add(&st->no_peer, 1);
-			return;
+			return 0;
 		}
 	}
 
 	err = bpf_sock_hash_update(skops, &sa_sockhash, &key, BPF_NOEXIST);
 	if (err == -E2BIG) {
 		__sync_fetch_and_add(&st->map_full, 1);
-		return;
+		return 1;
 	}
 	if (err) {
 		__sync_fetch_and_add(&st->insert_errors, 1);
-		return;
+		return 1;
 	}
 	__sync_fetch_and_add(&st->inserted, 1);
-	if (!(flags & CONFIG_F_NO_CONNTRACK))
-		ct_track(skops, sk, ks, state, st, client);
+	if ((flags & CONFIG_F_NO_CONNTRACK) || !ct_track(skops, sk, ks, state, st, client))
+		return 0;
+	/* Not tracked (conntrack full): an accepted end joins only a client
+	 * it finds in conntrack, so this client would be a lonely end that
+	 * sk_msg, finding no entry, never reports. Nothing can have been
+	 * redirected into it yet: out again, before its application runs. */
+	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && !bpf_map_delete_elem(&sa_sockhash, &key))
+		__sync_fetch_and_add(&st->lonely_direct, 1);
+	return 0;
+}
+
+/* An accepted end that track_established refused, whose client is in the
+ * sockhash and in conntrack without a server end: the client is a lonely
+ * end (it will send everything through TCP and still receive through
+ * tcp_bpf_recvmsg, which ends a blocking recv with EAGAIN on the
+ * write-space wake-ups of those sends). note_server keeps most such
+ * clients out to begin with; this catches the rest (a full map, an insert
+ * error, an exclusion that changed since the SYN, a listener that could
+ * not be read, a ULP, ...). It runs as the client's final ACK arrives,
+ * before the client's connect() has returned to its application (unless
+ * that ACK was dropped: see README, Lonely ends), so no recv of the client
+ * is asleep in tcp_bpf_recvmsg yet, and nothing was redirected into the
+ * client (its server never was in the sockhash): removing it loses
+ * nothing. sock_ops may delete from a sockhash on every kernel (since
+ * 98e948fb60d4 only some program types may). Without the pairing token
+ * (stripped, or the final ACK to a listener from before us lost) the
+ * client's key is unknown here and sk_msg's report is the fallback. */
+static __always_inline void drop_lonely_client(struct bpf_sock_ops *skops)
+{
+	struct accel_stats *st = stats();
+	struct sock_key server = {}, key = {};
+	__u32 family = skops->family;
+	struct token_opt opt;
+	struct ct_entry *e;
+	int err;
+
+	if (!st || (family != AF_INET && family != AF_INET6))
+		return;
+	err = token_load(skops, &opt, BPF_LOAD_HDR_OPT_TCP_SYN);
+	if (err == -ENOENT)
+		err = token_load(skops, &opt, 0);
+	if (err)
+		return;
+	/* The client's key, as token_fold and track_established build ours,
+	 * mirrored: its ISN is ours to receive, ours is its to receive. */
+	skops_tuple(skops, family, &server);
+	key_mirror(&key, &server);
+	key.local_isn = (skops->rcv_nxt - (__u32)skops->bytes_received - 1) ^ opt.tok[0];
+	key.remote_isn = (skops->snd_nxt - 1) ^ opt.tok[1];
+
+	/* Only a connection whose server end never joined. The key holds
+	 * this handshake's token, which no other connection's key holds, so
+	 * the socket under it is the client that created this entry (a
+	 * sockhash lookup would tell its cookie, but sock_ops may not release
+	 * the socket reference such a lookup takes). */
+	e = bpf_map_lookup_elem(&sa_conntrack, &key);
+	if (!e || !e->cookie[CT_SIDE_ACTIVE] || e->cookie[CT_SIDE_PASSIVE])
+		return;
+	if (bpf_map_delete_elem(&sa_sockhash, &key))
+		return;
+	bpf_map_delete_elem(&sa_conntrack, &key);
+	__sync_fetch_and_add(&st->lonely_direct, 1);
 }
 
 SEC("sockops")
@@ -260,8 +324,12 @@ int sa_sockops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		track_established(skops);
+		token_established(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		if (track_established(skops))
+			drop_lonely_client(skops);
 		token_established(skops);
 		break;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:

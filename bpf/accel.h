@@ -257,6 +257,10 @@ struct accel_stats {
 	 * on the way, a SYN cookie, a listener from before sockaccel
 	 * attached, no room in the SYN-ACK) */
 	__u64 token_unconfirmed;
+	/* Client ends sock_ops took out of the sockhash (and conntrack)
+	 * again before any byte could reach them, because their accepted end
+	 * was refused (see drop_lonely_client) or conntrack was full. */
+	__u64 lonely_direct;
 };
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */

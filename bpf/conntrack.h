@@ -39,8 +39,8 @@ static __always_inline void ct_set_side(struct ct_entry *e, __u32 side, __u64 co
 /* Records this end in its connection's conntrack entry and asks for the
  * state callback that removes the entry at TCP_CLOSE. An accepted end
  * passes the client's entry it already looked up (one hash lookup fewer per
- * connection); a client passes NULL. */
-static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock *sk, struct sock *ks,
+ * connection); a client passes NULL. 0 once tracked, 1 if not. */
+static __always_inline int ct_track(struct bpf_sock_ops *skops, struct bpf_sock *sk, struct sock *ks,
 				     struct sock_state *state, struct accel_stats *st, struct ct_entry *e)
 {
 	__u32 side = state->side & 1;
@@ -60,7 +60,7 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 		err = bpf_map_update_elem(&sa_conntrack, &state->ct_key, &fresh, BPF_NOEXIST);
 		if (err && err != -EEXIST) {
 			__sync_fetch_and_add(&st->ct_full, 1);
-			return;
+			return 1;
 		}
 		if (!err) {
 			__sync_fetch_and_add(&st->ct_created, 1);
@@ -70,7 +70,7 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 		/* The other end created it a moment ago: join. */
 		e = bpf_map_lookup_elem(&sa_conntrack, &state->ct_key);
 		if (!e)
-			return;
+			return 1;
 	}
 	ct_set_side(e, side, cookie, cgroup_id, sk);
 	if (state->flags & SOCK_F_NO_INGRESS)
@@ -78,6 +78,7 @@ static __always_inline void ct_track(struct bpf_sock_ops *skops, struct bpf_sock
 tracked:
 	state->flags |= SOCK_F_TRACKED;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	return 0;
 }
 
 /* TCP_CLOSE on a tracked end: the entry goes when its last local end is

@@ -11,6 +11,8 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "core.h"
+
 #define AF_INET 2
 #define AF_INET6 10
 #define E2BIG 7
@@ -73,6 +75,7 @@ struct sock_common {
 	__u16 skc_dport; /* network byte order */
 	__u16 skc_num;   /* host byte order */
 	atomic64_t skc_cookie; /* 0 until first asked for; sock_ops asked */
+	struct sock *skc_listener; /* a request socket's listener (rsk_listener) */
 } __attribute__((preserve_access_index));
 struct sock {
 	struct sock_common __sk_common;
@@ -81,6 +84,12 @@ struct sock {
 	int sk_rcvlowat;
 	void *sk_user_data;
 	struct socket *sk_socket;
+} __attribute__((preserve_access_index));
+/* What a sock_ops program's context really is (the verifier rewrites its
+ * field reads into this). Only its socket is read, and only where the
+ * context's own sk field is NULL: a request socket (see note_server). */
+struct bpf_sock_ops_kern {
+	struct sock *sk;
 } __attribute__((preserve_access_index));
 struct inet_connection_sock {
 	const void *icsk_ulp_ops; /* set for MPTCP subflows, kTLS, ... */
@@ -141,6 +150,34 @@ static __always_inline __u64 sock_cgroup_id_probed(struct sock *s)
 	if (bpf_probe_read_kernel(&cg, sizeof(cg), &s->sk_cgrp_data.cgroup) || !cg)
 		return 0;
 	return cgroup_id_probed(cg);
+}
+
+/* The listener a sock_ops callback on a request socket is about
+ * (BPF_SOCK_OPS_RWND_INIT, the SYN-ACK's header callbacks), or NULL. The
+ * context hides a request socket (its sk field reads NULL unless the
+ * socket is full), but the kernel runs the listener's cgroup programs for
+ * it and keeps the request socket in the context, and the request socket
+ * names its listener: read both through probe reads (a context pointer may
+ * be passed as a plain value only by a program loaded with CAP_PERFMON,
+ * which bpf_probe_read_kernel needs anyway). Exact where a record written
+ * at listen() would have to guess (SO_REUSEPORT groups, wildcard and
+ * dual-stack binds) or be missing (listeners from before the daemon). */
+static __always_inline struct sock *request_listener(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock_ops_kern *kctx = (struct bpf_sock_ops_kern *)skops;
+	struct sock_common *req = NULL;
+	struct sock *lsk = NULL;
+
+	if (!__builtin_preserve_field_info(kctx->sk, CORE_FIELD_EXISTS) ||
+	    !__builtin_preserve_field_info(req->skc_listener, CORE_FIELD_EXISTS))
+		return NULL;
+	if (bpf_probe_read_kernel(&req, sizeof(req),
+				  (void *)skops + __builtin_preserve_field_info(kctx->sk, CORE_FIELD_BYTE_OFFSET)) ||
+	    !req)
+		return NULL;
+	if (bpf_probe_read_kernel(&lsk, sizeof(lsk), &req->skc_listener))
+		return NULL;
+	return lsk;
 }
 
 /* Whether the socket's file is in blocking mode. Only the connect()ing end

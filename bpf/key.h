@@ -52,4 +52,16 @@ static __always_inline void skops_tuple(struct bpf_sock_ops *skops, __u32 family
 	key->remote_port = (__u16)(skops->remote_port >> 16);
 }
 
+/* The key the other end of key's connection builds: addresses, ports and
+ * ISNs swapped (with ISNs 0, the tuple as the other end sees it). */
+static __always_inline void key_mirror(struct sock_key *out, const struct sock_key *in)
+{
+	__builtin_memcpy(out->local_ip, in->remote_ip, sizeof(out->local_ip));
+	__builtin_memcpy(out->remote_ip, in->local_ip, sizeof(out->remote_ip));
+	out->local_isn = in->remote_isn;
+	out->remote_isn = in->local_isn;
+	out->local_port = in->remote_port;
+	out->remote_port = in->local_port;
+}
+
 #endif

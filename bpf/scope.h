@@ -9,6 +9,7 @@
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 
 #include "accel.h"
 #include "kernel.h"
@@ -66,6 +67,33 @@ static __always_inline int learned_excluded(__u64 cgroup_id, __u16 local_port, _
 	return learned_match(cgroup_id, local_port, LEARNED_SERVER) ||
 	       learned_match(cgroup_id, remote_port, LEARNED_CLIENT) ||
 	       learned_match(0, local_port, LEARNED_SERVER) || learned_match(0, remote_port, LEARNED_CLIENT);
+}
+
+/* Whether the accepted end of a connection request would be excluded, as
+ * track_established will decide once it is established: by its tuple
+ * (server's view, sock_key form), its listener's cgroup subtree (an
+ * accepted socket keeps its listener's cgroup) and the learned services.
+ * Asked as the listener answers the SYN, from the maps as they are then,
+ * so a reload between that and establishment is seen by the second
+ * check only (drop_lonely_client covers the difference). A listener that
+ * cannot be read counts as not excluded, for the same reason. */
+static __always_inline int request_excluded(struct bpf_sock_ops *skops, __u32 flags, const struct sock_key *server)
+{
+	__u16 lport = bpf_ntohs(server->local_port), rport = bpf_ntohs(server->remote_port);
+	struct sock *lsk;
+
+	if ((flags & CONFIG_F_EXCL_PORTS) && (port_excluded(lport) || port_excluded(rport)))
+		return 1;
+	if ((flags & CONFIG_F_EXCL_CIDRS) && (addr_excluded(server->local_ip) || addr_excluded(server->remote_ip)))
+		return 1;
+	if (!(flags & (CONFIG_F_EXCL_CGROUPS | CONFIG_F_LEARNED)))
+		return 0;
+	lsk = request_listener(skops);
+	if (!lsk)
+		return 0;
+	if ((flags & CONFIG_F_EXCL_CGROUPS) && cgroup_excluded(lsk))
+		return 1;
+	return (flags & CONFIG_F_LEARNED) && learned_excluded(sock_cgroup_id_probed(lsk), lport, rport);
 }
 
 #endif

@@ -169,10 +169,7 @@ static __always_inline void token_mark_echo(struct bpf_sock_ops *skops)
 	if (family != AF_INET && family != AF_INET6)
 		return;
 	skops_tuple(skops, family, &server);
-	__builtin_memcpy(client.local_ip, server.remote_ip, sizeof(client.local_ip));
-	__builtin_memcpy(client.remote_ip, server.local_ip, sizeof(client.remote_ip));
-	client.local_port = server.remote_port;
-	client.remote_port = server.local_port;
+	key_mirror(&client, &server);
 	bpf_map_update_elem(&sa_servers, &client, &echo, BPF_EXIST);
 }
 

@@ -59,6 +59,7 @@ type AccelAccelStats struct {
 	NoPeer           uint64
 	TokenNoRoom      uint64
 	TokenUnconfirmed uint64
+	LonelyDirect     uint64
 }
 
 type AccelCidrKey struct {

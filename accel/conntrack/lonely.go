@@ -19,12 +19,13 @@ import (
 // through tcp_bpf_recvmsg, which ends a blocking reader's wait on the
 // write-space wake-ups of those sends and returns EAGAIN. sock_ops keeps
 // most out to begin with (no_peer: an accepted end whose client is not
-// tracked, a client no listener in scope answered); what is left is a
-// client whose listener was in scope but whose accepted end was not
-// inserted (excluded cgroup, full map), or a 4-tuple answered in another
-// namespace. Nothing was ever redirected into it, so removing it loses
-// nothing: from then on it is a plain TCP socket. Idle, this sleeps on the
-// ring buffer.
+// tracked, a client no listener in scope answered or whose accepted end
+// will be excluded) and takes out the client of an accepted end it
+// refuses as that end establishes (lonely_direct); what is left here is a
+// client whose accepted end lost the pairing token, so that sock_ops could
+// not find the client's key, or a 4-tuple answered in another namespace.
+// Nothing was ever redirected into it, so removing it loses nothing: from
+// then on it is a plain TCP socket. Idle, this sleeps on the ring buffer.
 //
 // Only recv calls made after the removal are plain TCP: one already asleep
 // in tcp_bpf_recvmsg holds the psock and still returns EAGAIN on the next

@@ -77,6 +77,7 @@ var Counters = []Counter{
 	{Key: "no_peer", BPF: "NoPeer", Metric: notAccelerated, Label: "no_peer", Text: "no_peer"},
 	{Key: "token_no_room", BPF: "TokenNoRoom", Metric: notAccelerated, Label: "token_no_room", Text: "token_no_room"},
 	{Key: "token_unconfirmed", BPF: "TokenUnconfirmed", Metric: notAccelerated, Label: "token_unconfirmed", Text: "token_unconfirmed"},
+	{Key: "lonely_direct", BPF: "LonelyDirect", Metric: "sockaccel_lonely_ends_direct_total"},
 	// struct gc_state, kept by the daemon.
 	{Key: "closed_gc", Metric: "sockaccel_conntrack_closed_total", Label: "gc"},
 	{Key: "gc_runs", Metric: "sockaccel_conntrack_gc_runs_total"},
@@ -119,6 +120,7 @@ var families = []family{
 	{"sockaccel_conntrack_closed_total", "Conntrack entries removed, by what removed them.", "by"},
 	{"sockaccel_connections_retired_total", "Connections off the fast path both ways for good whose sockets left the sockhash, back to plain TCP.", ""},
 	{"sockaccel_lonely_ends_total", "Client ends taken out of the sockhash because their server never joined, back to plain TCP.", ""},
+	{"sockaccel_lonely_ends_direct_total", "Client ends sock_ops took out of the sockhash as their accepted end was refused (or conntrack was full), before any byte could reach them, back to plain TCP.", ""},
 	{"sockaccel_conntrack_full_total", "Connections not tracked because conntrack was full.", ""},
 	{"sockaccel_conntrack_gc_runs_total", "Fallback GC passes (zero while nothing needs collecting).", ""},
 	// Added with client_golang; not in the hand-written exposition.

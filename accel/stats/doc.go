@@ -41,4 +41,5 @@ var KeyDocs = []KeyDoc{
 	{Keys: []string{"closed_direct", "closed_gc", "gc_runs"}, Meaning: "entries removed by the close callback, by the fallback GC; GC passes"},
 	{Keys: []string{"retired"}, Meaning: "connections off the fast path both ways for good whose sockets the daemon took out of the sockhash once nothing redirected was unread: plain TCP sockets again"},
 	{Keys: []string{"lonely"}, Meaning: "client ends the daemon took out of the sockhash because their server never joined although a listener in scope answered them (see [Lonely ends](#lonely-ends)): plain TCP sockets again"},
+	{Keys: []string{"lonely_direct"}, Meaning: "client ends sock_ops took out of the sockhash (and conntrack) as their accepted end was refused (a full map, an insert error, an exclusion that changed since the SYN, ...) or because conntrack was full, before any byte could reach them (see [Lonely ends](#lonely-ends)): plain TCP sockets again"},
 }

@@ -134,6 +134,10 @@ type Stats struct {
 	// SYN-ACK did not echo its pairing token (stripped on the way, a SYN
 	// cookie, no room in the SYN-ACK).
 	TokenUnconfirmed uint64 `json:"token_unconfirmed"`
+	// Client ends sock_ops took out of the sockhash again before any byte
+	// could reach them: their accepted end was refused, or conntrack was
+	// full. Plain TCP sockets again.
+	LonelyDirect uint64 `json:"lonely_direct"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports

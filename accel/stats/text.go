@@ -40,7 +40,7 @@ var textLines = []textLine{
 	}},
 	{label: "closed", format: "direct=%d gc=%d (gc runs %d)", keys: []string{"closed_direct", "closed_gc", "gc_runs"}},
 	{label: "retired to plain TCP", format: "%d", keys: []string{"retired"}},
-	{label: "lonely client ends to plain TCP", format: "%d", keys: []string{"lonely"}},
+	{label: "lonely client ends to plain TCP", format: "%d (at establishment %d)", keys: []string{"lonely", "lonely_direct"}},
 	{label: lineNotAccelerated, list: []string{"map_full", "excluded_port", "excluded_cidr", "excluded_cgroup", "excluded_learned", "early_data", "insert_errors", "disabled", "blocking", "ulp", "repair", "no_peer", "token_no_room", "token_unconfirmed"}},
 	{label: lineOff, list: []string{"off_backlog", "off_setsockopt", "off_splice", "off_waitall", "off_oob", "off_fionread"}, format: " (resumed %d)", keys: []string{"resumed"}},
 	{label: "splice stalled", format: "%d", keys: []string{"splice_stalled"}},
