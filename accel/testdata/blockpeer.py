@@ -139,7 +139,11 @@ def listen(addr, port, backlog, opts):
     ln.bind((addr, port))
     if opts.has("fastopen"):
         ln.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, backlog)
-    ln.listen(backlog)
+    # Room for every connection of a churn even when accept lags: with
+    # SYN cookies a full accept queue drops the final ACK and the
+    # connection is lost without the client knowing (seen here with
+    # tcp_syncookies=2 and a backlog of 103).
+    ln.listen(max(backlog, 1024))
     return ln
 
 
