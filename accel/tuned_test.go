@@ -37,8 +37,8 @@ type tunedHost struct {
 	// the fast path (off_setsockopt counts them: at least one), which the
 	// placement check leaves out.
 	offSetsockopt bool
-	mtu      int  // the veth's MTU (0: the default)
-	ipv6     bool // the veth and loopback paths over IPv6
+	mtu           int  // the veth's MTU (0: the default)
+	ipv6          bool // the veth and loopback paths over IPv6
 	// opts are blockpeer.py's SOCKOPT words for both ends of the Python
 	// workloads; sockopts the same options for the Go workload.
 	opts     []string
