@@ -12,7 +12,8 @@ what a blocking reader sees when a connection changes path under it.
       "error ERRNO-NAME after BYTES". With waitall, every recv asks for
       MSG_WAITALL (a full 64 KiB unless the stream ends); with slow, it
       pauses 2 ms after each recv; with sink, it reads to EOF and answers
-      nothing.
+      nothing; with tcpbytes, each ok line ends with tcp_acked=N, the bytes
+      this end sent through TCP (tcpi_bytes_acked).
   blockpeer.py duplex HOST PORT CONNS BYTES [blocking] [SOCKOPT...]
       Open CONNS connections (with a timeout); on each, one thread sends
       BYTES of a seeded stream and shuts down writing while another reads
@@ -58,6 +59,7 @@ Exit status 0 only if every connection said ok.
 import errno
 import hashlib
 import socket
+import struct
 import sys
 import threading
 import time
@@ -166,6 +168,11 @@ def echo(addr, port, conns, flags=0, pause=0.0, opts=Opts([])):
                     opts.sendall(c, data)
                 total += len(data)
             line = "ok %d" % total
+            if opts.has("tcpbytes"):
+                # tcpi_bytes_acked: what this end sent through TCP
+                # (redirected bytes never enter its sequence space).
+                info = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+                line += " tcp_acked=%d" % struct.unpack_from("=Q", info, 120)[0]
         except OSError as e:
             line = "error %s after %d" % (err_name(e), total)
         c.close()
