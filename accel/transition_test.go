@@ -15,6 +15,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,8 +38,19 @@ func blockPeer(t *testing.T) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return []string{"python3", script}
+	return []string{pythonExecutable(), script}
 }
+
+// pythonExecutable is the interpreter python3 runs: a version manager's
+// python3 (pyenv's here) can be a shell script that takes over a second to
+// start one on a loaded machine, and tests start hundreds.
+var pythonExecutable = sync.OnceValue(func() string {
+	out, err := exec.Command("python3", "-c", "import sys; print(sys.executable)").Output()
+	if exe := strings.TrimSpace(string(out)); err == nil && exe != "" {
+		return exe
+	}
+	return "python3"
+})
 
 // blockingEcho runs conns duplex transfers of size bytes each way between
 // blocking peers and returns the two programs, started.

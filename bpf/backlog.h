@@ -35,6 +35,13 @@ static __always_inline __u32 psock_queued(__u64 addr)
 #define BACKLOG_TUNE_WINDOW_NS (20 * 1000 * 1000ULL)
 /* Samples closer together than this say too little about a reader's pace. */
 #define BACKLOG_TUNE_MIN_NS (250 * 1000ULL)
+/* The least bound a blocking sender gets, whatever its receiver's
+ * net.ipv4.tcp_rmem[2]: the kernel's default for that ceiling (6 MiB). On
+ * a host tuned to tiny buffers (tcp_rmem max 16 KiB) a blocking echo
+ * server's every answer passed the ceiling and went through TCP, and the
+ * ACKs that freed its send buffer woke its next blocking recv into EAGAIN
+ * (see backlog_exceeded). */
+#define BACKLOG_BLOCKING_FLOOR (6U << 20)
 
 /* Where TCP's receive-buffer autotuning stops for the receiver: its own
  * namespace's net.ipv4.tcp_rmem[2] (the daemon's when that cannot be read). */
@@ -119,14 +126,18 @@ static __always_inline int backlog_exceeded(struct bpf_sock *sk, struct ct_entry
 		return 0;
 	queued = psock_queued(e->sk[dir ^ 1]);
 	bound = cfg->backlog_bytes;
-	if (!bound && file_blocking(sk))
+	if (!bound && file_blocking(sk)) {
 		/* Past the bound this socket's sends go through TCP, and
 		 * TCP's send-buffer wake-ups end a blocking recv on this same
 		 * socket with EAGAIN (tcp_bpf_recvmsg waits once). A blocking
 		 * socket's sends keep the widest bound, where TCP's own
-		 * autotuning stops, so that this stays rare. */
+		 * autotuning stops but never below the kernel's default for
+		 * it, so that this stays rare on hosts tuned to small buffers
+		 * too. */
 		bound = backlog_ceiling(cfg, peer);
-	else if (!bound)
+		if (bound < BACKLOG_BLOCKING_FLOOR)
+			bound = BACKLOG_BLOCKING_FLOOR;
+	} else if (!bound)
 		bound = backlog_bound(e, dir, cfg, peer, queued);
 	if (queued && queued + size > bound)
 		return 1;
