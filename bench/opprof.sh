@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 REV=${REV:-HEAD}
 CONNS=${CONNS:-5000}
+TEST=${TEST:-TCP_CRR} # or TCP_RR (CONNS transactions): for PERF
 GO=${GO:-go}
 command -v "$GO" >/dev/null || GO=/usr/local/go/bin/go
 ID=$$ NS=sao-$$ PIN=/sys/fs/bpf/sockaccel-opprof-$$
@@ -82,11 +83,11 @@ bash -c 'echo $$ >"$0/cgroup.procs" && exec ip netns exec "$1" taskset -c 1 nets
 PIDS+=($!)
 sleep 0.5
 # shellcheck disable=SC2016
-${PERF:+perf record -q -F 20000 -a -g -o "$PERF" --} bash -c 'echo $$ >"$0/cgroup.procs" && exec ip netns exec "$1" taskset -c 0 netperf -H 127.0.0.1 -p 12899 -T 0,1 -P 0 -t TCP_CRR -l "-$2" -- -r 1,1 -P ",$3"' \
-	"$CG" "$NS" "$CONNS" "$PORT" >"$TMPD/netperf.out"
+${PERF:+perf record -q -F 20000 -a -g -o "$PERF" --} bash -c 'echo $$ >"$0/cgroup.procs" && exec ip netns exec "$1" taskset -c 0 netperf -H 127.0.0.1 -p 12899 -T 0,1 -P 0 -t "$4" -l "-$2" -- -r 1,1 -P ",$3"' \
+	"$CG" "$NS" "$CONNS" "$PORT" "$TEST" >"$TMPD/netperf.out"
 sleep 0.5 # the last connections' closes
 
-echo "REV=$REV ($(git -C "$ROOT" rev-parse --short "${REV/#./HEAD}")), $CONNS TCP_CRR connections over loopback, kernel $(uname -r)"
+echo "REV=$REV ($(git -C "$ROOT" rev-parse --short "${REV/#./HEAD}")), $CONNS $TEST units over loopback, kernel $(uname -r)"
 echo
 bpftool map dump id "$MAP" -j | jq -r --argjson n "$CONNS" '
 	["VOID","TIMEOUT_INIT","RWND_INIT","TCP_CONNECT","ACTIVE_ESTABLISHED","PASSIVE_ESTABLISHED","NEEDS_ECN","BASE_RTT","RTO","RETRANS","STATE","TCP_LISTEN","RTT","PARSE_HDR_OPT","HDR_OPT_LEN","WRITE_HDR_OPT"] as $ops
