@@ -87,7 +87,7 @@ ${PERF:+perf record -q -F 20000 -a -g -o "$PERF" --} bash -c 'echo $$ >"$0/cgrou
 	"$CG" "$NS" "$CONNS" "$PORT" "$TEST" >"$TMPD/netperf.out"
 sleep 0.5 # the last connections' closes
 
-echo "REV=$REV ($(git -C "$ROOT" rev-parse --short "${REV/#./HEAD}")), $CONNS $TEST units over loopback, kernel $(uname -r)"
+echo "REV=$REV ($(git -C "$ROOT" rev-parse --short "${REV/#./HEAD}" 2>/dev/null || echo "no git")), $CONNS $TEST units over loopback, kernel $(uname -r)"
 echo
 bpftool map dump id "$MAP" -j | jq -r --argjson n "$CONNS" '
 	["VOID","TIMEOUT_INIT","RWND_INIT","TCP_CONNECT","ACTIVE_ESTABLISHED","PASSIVE_ESTABLISHED","NEEDS_ECN","BASE_RTT","RTO","RETRANS","STATE","TCP_LISTEN","RTT","PARSE_HDR_OPT","HDR_OPT_LEN","WRITE_HDR_OPT"] as $ops
