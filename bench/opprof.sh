@@ -45,16 +45,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Build the instrumented daemon in a copy, never in the tree.
-if [[ $REV == . ]]; then
+# Build the instrumented daemon in a copy, never in the tree (OPPROF_BIN:
+# reuse that build if the file exists, else keep this one there).
+if [[ -n ${OPPROF_BIN:-} && -x $OPPROF_BIN ]]; then
+	BIN=$OPPROF_BIN
+elif [[ $REV == . ]]; then
 	tar -C "$ROOT" --exclude=./bin --exclude=./bench/results -cf - . | tar -C "$TMPD" -xf - --one-top-level=src
 else
 	mkdir "$TMPD/src"
 	git -C "$ROOT" archive "$REV" | tar -C "$TMPD/src" -xf -
 fi
-(cd "$TMPD/src/accel/bpfobj" && BPF2GO_CC=clang-16 BPF2GO_STRIP=llvm-strip-16 \
-	BPF2GO_CFLAGS="-O2 -g -Wall -Werror -mcpu=v3 -DSA_OPPROF" "$GO" generate . >/dev/null)
-(cd "$TMPD/src" && CGO_ENABLED=0 "$GO" build -o "$BIN" ./cmd/sockaccel)
+if [[ $BIN != "${OPPROF_BIN:-}" ]]; then
+	(cd "$TMPD/src/accel/bpfobj" && BPF2GO_CC=clang-16 BPF2GO_STRIP=llvm-strip-16 \
+		BPF2GO_CFLAGS="-O2 -g -Wall -Werror -mcpu=v3 -DSA_OPPROF" "$GO" generate . >/dev/null)
+	(cd "$TMPD/src" && CGO_ENABLED=0 "$GO" build -o "$BIN" ./cmd/sockaccel)
+	[[ -z ${OPPROF_BIN:-} ]] || cp "$BIN" "$OPPROF_BIN"
+fi
 
 mkdir "$CG"
 ip netns add "$NS"
