@@ -319,10 +319,29 @@ static __always_inline void drop_lonely_client(struct bpf_sock_ops *skops)
 	__sync_fetch_and_add(&st->lonely_direct, 1);
 }
 
-SEC("sockops")
-int sa_sockops(struct bpf_sock_ops *skops)
+/* The callbacks sa_sockops acts on. The kernel also runs it for others on
+ * every connection whatever flags we set (TIMEOUT_INIT, NEEDS_ECN,
+ * RWND_INIT on the connecting socket, ...), and the state callback, which
+ * ct_track turns on for TCP_CLOSE, on every state change: those leave
+ * before anything is read but the op. */
+#define SOCKOPS_HANDLED                                                                                  \
+	((1U << BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) | (1U << BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) |      \
+	 (1U << BPF_SOCK_OPS_TCP_CONNECT_CB) | (1U << BPF_SOCK_OPS_TCP_LISTEN_CB) |                      \
+	 (1U << BPF_SOCK_OPS_HDR_OPT_LEN_CB) | (1U << BPF_SOCK_OPS_WRITE_HDR_OPT_CB) |                   \
+	 (1U << BPF_SOCK_OPS_RWND_INIT))
+
+static __always_inline void sockops(struct bpf_sock_ops *skops)
 {
-	switch (skops->op) {
+	__u32 op = skops->op;
+
+	if (op == BPF_SOCK_OPS_STATE_CB) {
+		if (skops->args[1] == TCP_CLOSE)
+			ct_close(skops);
+		return;
+	}
+	if (op >= 32 || !((1U << op) & SOCKOPS_HANDLED))
+		return;
+	switch (op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		track_established(skops);
 		token_established(skops);
@@ -344,16 +363,57 @@ int sa_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
 		token_hdr_write(skops);
 		break;
-	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == TCP_CLOSE)
-			ct_close(skops);
-		break;
 	case BPF_SOCK_OPS_RWND_INIT:
 		/* Also run for a connect()ing socket, a full one. */
 		if (!skops->is_fullsock)
 			note_server(skops);
 		break;
 	}
+}
+
+#ifdef SA_OPPROF
+/* A profiling build (bench/opprof.sh, never make generate): runs and time
+ * of every callback, by op, end (local port OPPROF_SERVER_PORT is the
+ * server's), request socket and, for the state callback, the state entered.
+ * Key: op | server << 4 | request << 5 | state << 6. */
+#define OPPROF_SERVER_PORT 20000
+struct opprof_val {
+	__u64 count;
+	__u64 ns;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct opprof_val);
+} sa_opprof SEC(".maps");
+#endif
+
+SEC("sockops")
+int sa_sockops(struct bpf_sock_ops *skops)
+{
+#ifdef SA_OPPROF
+	__u64 t0 = bpf_ktime_get_ns();
+	__u32 op = skops->op, k = op & 15;
+	struct opprof_val *v;
+
+	if (skops->local_port == OPPROF_SERVER_PORT)
+		k |= 1 << 4;
+	if (!skops->is_fullsock)
+		k |= 1 << 5;
+	if (op == BPF_SOCK_OPS_STATE_CB)
+		k |= (skops->args[1] & 15) << 6;
+	sockops(skops);
+	/* The clock first: the slot's own cache miss is not the callback's. */
+	t0 = bpf_ktime_get_ns() - t0;
+	v = bpf_map_lookup_elem(&sa_opprof, &k);
+	if (v) {
+		v->count++;
+		v->ns += t0;
+	}
+#else
+	sockops(skops);
+#endif
 	/* Other sock_ops programs on this or a parent cgroup decide replies;
 	 * we have nothing to say about any of them. */
 	return 1;

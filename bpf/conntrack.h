@@ -46,6 +46,7 @@ static __always_inline int ct_track(struct bpf_sock_ops *skops, struct bpf_sock 
 	__u32 side = state->side & 1;
 	__u64 cookie = bpf_get_socket_cookie(skops);
 	__u64 cgroup_id = sock_cgroup_id(ks);
+	__u32 cb;
 	long err;
 
 	/* The first end creates the entry, already holding its own side, the
@@ -77,7 +78,13 @@ static __always_inline int ct_track(struct bpf_sock_ops *skops, struct bpf_sock 
 		__sync_fetch_and_or(&e->off, 1U << (side ^ 1));
 tracked:
 	state->flags |= SOCK_F_TRACKED;
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	/* One call for both: the header-option callbacks go off here too
+	 * (token_established's job) unless the final ACK still carries the
+	 * token (SOCK_F_TOKEN_ACK). */
+	cb = skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG;
+	if (!(state->flags & SOCK_F_TOKEN_ACK))
+		cb &= ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+	bpf_sock_ops_cb_flags_set(skops, cb);
 	return 0;
 }
 

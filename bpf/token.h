@@ -35,7 +35,7 @@
  * Nothing here ever fails a handshake: no room for the option, no saved
  * SYN, no key: that connection is simply not paired.
  *
- * The draw is SipHash-2-4 of the socket cookie and the clock under a key the
+ * The draw is SipHash-2-4 of the socket cookie and prandom draws under a key the
  * daemon writes from the kernel's CSPRNG at every start: bpf_get_prandom_u32
  * is a linear generator shared by every BPF program on the CPU, and a
  * process that reads its own connections' tokens off its own SYNs could
@@ -142,11 +142,15 @@ static __always_inline void token_cb_off(struct bpf_sock_ops *skops, struct sock
 }
 
 /* At establishment, after track_established: callbacks off, unless the
- * final ACK still has to carry the token. */
+ * final ACK still has to carry the token. A tracked end had them turned off
+ * already, with the state callback turned on (ct_track: one call). */
 static __always_inline void token_established(struct bpf_sock_ops *skops)
 {
-	struct bpf_sock *sk = skops->sk;
+	struct bpf_sock *sk;
 
+	if (!(skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG))
+		return;
+	sk = skops->sk;
 	token_cb_off(skops, sk ? bpf_sk_storage_get(&sa_sock_state, sk, 0, 0) : NULL);
 }
 
@@ -159,18 +163,21 @@ static __always_inline void token_ack_done(struct bpf_sock_ops *skops, struct so
 }
 
 /* A listener of ours answers a SYN: its client's record (note_server, just
- * before) says it echoes. */
+ * before) says it echoes. Written in place: an update of an LRU map takes a
+ * fresh element and frees the old one, for one changed word. */
 static __always_inline void token_mark_echo(struct bpf_sock_ops *skops)
 {
 	struct sock_key server = {}, client = {};
 	__u32 family = skops->family;
-	__u32 echo = TOKEN_SERVER_ECHO;
+	__u32 *kind;
 
 	if (family != AF_INET && family != AF_INET6)
 		return;
 	skops_tuple(skops, family, &server);
 	key_mirror(&client, &server);
-	bpf_map_update_elem(&sa_servers, &client, &echo, BPF_EXIST);
+	kind = bpf_map_lookup_elem(&sa_servers, &client);
+	if (kind && *kind != TOKEN_SERVER_ECHO)
+		*kind = TOKEN_SERVER_ECHO;
 }
 
 /* connect(): draw this connection's token and keep it in the socket's state
@@ -192,11 +199,12 @@ static __always_inline void token_on_connect(struct bpf_sock_ops *skops)
 	state = bpf_sk_storage_get(&sa_sock_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!state)
 		return;
-	/* The cookie makes every input distinct; the clock and a prandom
-	 * draw are only there so that equal cookies across reboots (the key
-	 * changes anyway) still differ. */
+	/* The cookie makes every input distinct; the prandom draws are only
+	 * there so that equal cookies across reboots (the key changes anyway)
+	 * still differ. (Not the clock: a read of kvm-clock costs more than
+	 * the whole SipHash.) */
 	tok = siphash16(key, bpf_get_socket_cookie(skops),
-			bpf_ktime_get_ns() ^ ((__u64)bpf_get_prandom_u32() << 32));
+			((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32());
 	state->ct_key.local_isn = (__u32)tok;
 	state->ct_key.remote_isn = (__u32)(tok >> 32);
 	state->flags = (state->flags & ~SOCK_F_TOKEN_NO_ROOM) | SOCK_F_TOKEN;
