@@ -59,6 +59,7 @@ type AccelAccelStats struct {
 	NoPeer           uint64
 	TokenNoRoom      uint64
 	TokenUnconfirmed uint64
+	ShutdownWake     uint64
 }
 
 type AccelCidrKey struct {
@@ -215,6 +216,7 @@ const (
 	AccelUseReasonUSE_OOB      AccelUseReason = 4
 	AccelUseReasonUSE_RETIRE   AccelUseReason = 8
 	AccelUseReasonUSE_FIONREAD AccelUseReason = 16
+	AccelUseReasonUSE_SHUTDOWN AccelUseReason = 32
 )
 
 // Names of all BPF objects in the ELF.
@@ -244,6 +246,7 @@ const (
 	AccelProgSaDetSend        = "sa_det_send"
 	AccelProgSaDetSendfile    = "sa_det_sendfile"
 	AccelProgSaDetSendmsg     = "sa_det_sendmsg"
+	AccelProgSaDetShutdown    = "sa_det_shutdown"
 	AccelProgSaDetSplice      = "sa_det_splice"
 	AccelProgSaRedirect       = "sa_redirect"
 	AccelProgSaSetsockopt     = "sa_setsockopt"
@@ -257,6 +260,7 @@ const (
 	AccelVarUnusedSockFlags   = "unused_sock_flags"
 	AccelVarUnusedUseEvent    = "unused_use_event"
 	AccelVarUnusedUseReason   = "unused_use_reason"
+	AccelVarWokenWakeFn       = "woken_wake_fn"
 )
 
 // LoadAccel returns the embedded CollectionSpec for Accel.
@@ -307,6 +311,7 @@ type AccelProgramSpecs struct {
 	SaDetSend     *ebpf.ProgramSpec `ebpf:"sa_det_send"`
 	SaDetSendfile *ebpf.ProgramSpec `ebpf:"sa_det_sendfile"`
 	SaDetSendmsg  *ebpf.ProgramSpec `ebpf:"sa_det_sendmsg"`
+	SaDetShutdown *ebpf.ProgramSpec `ebpf:"sa_det_shutdown"`
 	SaDetSplice   *ebpf.ProgramSpec `ebpf:"sa_det_splice"`
 	SaRedirect    *ebpf.ProgramSpec `ebpf:"sa_redirect"`
 	SaSetsockopt  *ebpf.ProgramSpec `ebpf:"sa_setsockopt"`
@@ -349,6 +354,7 @@ type AccelVariableSpecs struct {
 	UnusedSockFlags   *ebpf.VariableSpec `ebpf:"unused_sock_flags"`
 	UnusedUseEvent    *ebpf.VariableSpec `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.VariableSpec `ebpf:"unused_use_reason"`
+	WokenWakeFn       *ebpf.VariableSpec `ebpf:"woken_wake_fn"`
 }
 
 // AccelObjects contains all objects after they have been loaded into the kernel.
@@ -425,6 +431,7 @@ type AccelVariables struct {
 	UnusedSockFlags   *ebpf.Variable `ebpf:"unused_sock_flags"`
 	UnusedUseEvent    *ebpf.Variable `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.Variable `ebpf:"unused_use_reason"`
+	WokenWakeFn       *ebpf.Variable `ebpf:"woken_wake_fn"`
 }
 
 // AccelPrograms contains all programs after they have been loaded into the kernel.
@@ -437,6 +444,7 @@ type AccelPrograms struct {
 	SaDetSend     *ebpf.Program `ebpf:"sa_det_send"`
 	SaDetSendfile *ebpf.Program `ebpf:"sa_det_sendfile"`
 	SaDetSendmsg  *ebpf.Program `ebpf:"sa_det_sendmsg"`
+	SaDetShutdown *ebpf.Program `ebpf:"sa_det_shutdown"`
 	SaDetSplice   *ebpf.Program `ebpf:"sa_det_splice"`
 	SaRedirect    *ebpf.Program `ebpf:"sa_redirect"`
 	SaSetsockopt  *ebpf.Program `ebpf:"sa_setsockopt"`
@@ -451,6 +459,7 @@ func (p *AccelPrograms) Close() error {
 		p.SaDetSend,
 		p.SaDetSendfile,
 		p.SaDetSendmsg,
+		p.SaDetShutdown,
 		p.SaDetSplice,
 		p.SaRedirect,
 		p.SaSetsockopt,

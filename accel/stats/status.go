@@ -134,6 +134,10 @@ type Stats struct {
 	// SYN-ACK did not echo its pairing token (stripped on the way, a SYN
 	// cookie, no room in the SYN-ACK).
 	TokenUnconfirmed uint64 `json:"token_unconfirmed"`
+	// shutdown(SHUT_WR/SHUT_RDWR) calls on blocking accelerated sockets
+	// while another thread slept on them: that thread's recv was woken
+	// into EAGAIN if nothing was queued.
+	ShutdownWake uint64 `json:"shutdown_wake"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports
