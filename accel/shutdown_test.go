@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockaccel/sockaccel/accel"
 	"github.com/sockaccel/sockaccel/accel/testenv"
@@ -127,4 +129,51 @@ func TestShutdownWakeIsCountedAndLearned(t *testing.T) {
 			}
 		})
 	}
+
+	// A blocking socket whose only waiter is an epoll instance (Go's
+	// netpoller registers every net.Conn): its shutdown wakes no recv.
+	// With woken_wake_function readable in /proc/kallsyms the detector
+	// tells the two apart; where it is hidden, any waiter counts.
+	t.Run("epoll waiter", func(t *testing.T) {
+		ns := testenv.NewNetns(t)
+		ln := n.in(ns).Listen(t, "tcp4", "127.0.0.1:7312")
+		before := n.stats(t)
+		p := testenv.Connect(t, n.in(ns), ln, "tcp4", "127.0.0.1:7312", 1)[0]
+		defer p.Client.Close()
+		defer p.Server.Close()
+		rawFD(t, p.Client, func(fd int) {
+			if err := unix.SetNonblock(fd, false); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+				t.Fatal(err)
+			}
+		})
+		want := uint64(0)
+		if addr, _ := kallsymsAddr("woken_wake_function"); addr == 0 {
+			want = 1
+		}
+		s := n.stats(t)
+		if s.Inserted-before.Inserted != 2 {
+			t.Fatalf("inserted +%d, want both ends accelerated, or this shows nothing", s.Inserted-before.Inserted)
+		}
+		if got := s.ShutdownWake - before.ShutdownWake; got != want {
+			t.Errorf("shutdown_wake +%d, want %d", got, want)
+		}
+	})
+}
+
+// kallsymsAddr is symbol name's address in /proc/kallsyms, 0 if hidden.
+func kallsymsAddr(name string) (uint64, error) {
+	b, err := os.ReadFile("/proc/kallsyms")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && f[2] == name && (f[1] == "T" || f[1] == "t") {
+			return strconv.ParseUint(f[0], 16, 64)
+		}
+	}
+	return 0, nil
 }
