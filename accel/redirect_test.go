@@ -381,9 +381,9 @@ func TestRestartAdoptsPins(t *testing.T) {
 	ns := testenv.NewNetns(t)
 	ln := testenv.Endpoint{Netns: ns, Cgroup: &cg}.Listen(t, "tcp4", "127.0.0.1:7008")
 	pairs := testenv.Connect(t, testenv.Endpoint{Netns: ns, Cgroup: &cg}, ln, "tcp4", "127.0.0.1:7008", 2)
-	// Eight syscall tracepoints, and ioctl where FIONREAD misses
+	// Nine syscall tracepoints, and ioctl where FIONREAD misses
 	// redirected bytes (Debian 12's 6.1).
-	detectTracepoints := 8
+	detectTracepoints := 9
 	if !first.KernelBehaviour().FIONREADCountsRedirected() {
 		detectTracepoints++
 	}

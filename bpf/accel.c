@@ -726,3 +726,15 @@ int sa_det_ioctl(struct syscall_enter *ctx)
 		report_misread(addr, ctx->args[0], USE_FIONREAD);
 	return 0;
 }
+
+/* shutdown(fd, how): SHUT_WR and SHUT_RDWR wake the socket's sleepers
+ * (inet_shutdown -> sk_state_change); see report_shutdown_wake. */
+SEC("tracepoint/syscalls/sys_enter_shutdown")
+int sa_det_shutdown(struct syscall_enter *ctx)
+{
+	__u32 how = (__u32)ctx->args[1];
+
+	if (how == SHUT_WR || how == SHUT_RDWR)
+		report_shutdown_wake(ctx->args[0]);
+	return 0;
+}

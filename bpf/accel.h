@@ -261,6 +261,12 @@ struct accel_stats {
 	 * again before any byte could reach them, because their accepted end
 	 * was refused (see drop_lonely_client) or conntrack was full. */
 	__u64 lonely_direct;
+	/* shutdown(SHUT_WR or SHUT_RDWR) on a blocking socket in the
+	 * sockhash while another thread slept on it (a thread-per-direction
+	 * proxy's writer half-closing while its reader waits in recv): the
+	 * shutdown wakes that reader, and tcp_bpf_recvmsg ends its wait with
+	 * EAGAIN when nothing is queued. */
+	__u64 shutdown_wake;
 };
 
 /* What the detector tells the daemon about a stalled splice (sa_events). */
@@ -290,6 +296,11 @@ enum use_reason {
 	/* ioctl(FIONREAD/SIOCINQ), on kernels whose FIONREAD leaves redirected
 	 * bytes out (the daemon's kernel probe decides) */
 	USE_FIONREAD = 1 << 4,
+	/* shutdown(SHUT_WR/SHUT_RDWR) of a blocking socket while another
+	 * thread slept on it: that sleeper is woken into EAGAIN. Not a mark:
+	 * the wake-up is immediate, so nothing on the send path can help this
+	 * connection; only its service is learned. */
+	USE_SHUTDOWN = 1 << 5,
 };
 
 /* A service whose use of the fast path went wrong once (a stalled splice,

@@ -116,6 +116,8 @@ struct tcp_sock {
 #define TCP_ULP 31
 #define TCP_REPAIR 19
 #define FIONREAD 0x541B /* SIOCINQ */
+#define SHUT_WR 1
+#define SHUT_RDWR 2
 
 /* A cgroup's v2 id (its kernfs node's), read through probe reads where the
  * pointer is not one the verifier can follow; 0 if unreadable. */

@@ -284,6 +284,104 @@ static __always_inline void report_misread(__u64 addr, __u64 fd, __u32 reason)
 	report_use(addr, fd, reason, queued);
 }
 
+/* A socket's wait queue, as much of it as is read here: sk->sk_wq points
+ * at its socket's socket_wq, whose wait queue holds one entry per sleeper
+ * (a blocking recv or send in sk_wait_event: woken_wake_function, with the
+ * sleeping task as private; an epoll instance: ep_poll_callback, private
+ * NULL; poll/select: pollwake, private its poll table). */
+struct wait_queue_head {
+	struct list_head head;
+} __attribute__((preserve_access_index));
+struct socket_wq {
+	struct wait_queue_head wait;
+} __attribute__((preserve_access_index));
+struct wait_queue_entry {
+	void *private;
+	void *func;
+	struct list_head entry;
+} __attribute__((preserve_access_index));
+struct sock___wq {
+	struct socket_wq *sk_wq;
+} __attribute__((preserve_access_index));
+
+/* The address of the kernel's woken_wake_function, written at load from
+ * /proc/kallsyms; 0 when kptr_restrict hides it, and then any sleeper
+ * other than the caller counts (an epoll or poll waiter too: a false
+ * positive only keeps a service on TCP). */
+volatile const __u64 woken_wake_fn;
+
+/* Sleepers walked at most on one socket's wait queue. */
+#define WAITERS_MAX 8
+
+/* Whether a thread other than the caller sleeps on sk's wait queue: what
+ * the wake-up of shutdown() (inet_shutdown -> sk_state_change) would end
+ * with EAGAIN in tcp_bpf_recvmsg, had it nothing queued. Read with
+ * bpf_probe_read_kernel while the queue may change: a wrong answer costs
+ * at most a service its acceleration, or one report. */
+static __always_inline int other_sleeper(struct sock *sk)
+{
+	struct sock___wq *s = (struct sock___wq *)sk;
+	struct socket_wq *wq = NULL;
+	struct list_head *head, *pos = NULL;
+	struct wait_queue_entry *w;
+	void *self = (void *)bpf_get_current_task();
+	void *private, *func;
+	int i;
+
+	if (bpf_probe_read_kernel(&wq, sizeof(wq), &s->sk_wq) || !wq)
+		return 0;
+	head = &wq->wait.head;
+	if (bpf_probe_read_kernel(&pos, sizeof(pos), &head->next))
+		return 0;
+	for (i = 0; i < WAITERS_MAX; i++) {
+		if (!pos || pos == head)
+			return 0;
+		w = CORE_CONTAINER_OF(pos, struct wait_queue_entry, entry);
+		private = NULL;
+		func = NULL;
+		if (bpf_probe_read_kernel(&private, sizeof(private), &w->private) ||
+		    bpf_probe_read_kernel(&func, sizeof(func), &w->func))
+			return 0;
+		if (private != self && (!woken_wake_fn || (__u64)(unsigned long)func == woken_wake_fn))
+			return 1;
+		if (bpf_probe_read_kernel(&pos, sizeof(pos), &pos->next))
+			return 0;
+	}
+	return 0;
+}
+
+/* shutdown(fd, SHUT_WR or SHUT_RDWR) on a blocking socket in our sockhash
+ * with another thread asleep on it: a thread-per-direction proxy's writer
+ * half-closing while its reader waits in recv. The shutdown's wake-up will
+ * end that recv with EAGAIN and nothing here can stop it: counted, and
+ * reported so the daemon learns the service. The connection is not taken
+ * off the fast path: the wake-up comes within this very call, and sending
+ * through TCP would only add wake-ups of the same kind. */
+static __always_inline void report_shutdown_wake(__u64 fd)
+{
+	struct accel_stats *st = stats();
+	struct socket *sock = NULL;
+	struct file *file = NULL;
+	unsigned int f_flags = 0;
+	struct sock *sk;
+	__u64 addr;
+
+	if (!st)
+		return;
+	addr = psock_of_fd(fd);
+	if (!addr)
+		return;
+	sk = (struct sock *)addr;
+	if (bpf_probe_read_kernel(&sock, sizeof(sock), &sk->sk_socket) || !sock ||
+	    bpf_probe_read_kernel(&file, sizeof(file), &sock->file) || !file ||
+	    bpf_probe_read_kernel(&f_flags, sizeof(f_flags), &file->f_flags) || (f_flags & O_NONBLOCK))
+		return;
+	if (!other_sleeper(sk))
+		return;
+	__sync_fetch_and_add(&st->shutdown_wake, 1);
+	report_use(addr, fd, USE_SHUTDOWN, 0);
+}
+
 static __always_inline __u64 mark_use(__u64 fd, __u32 reason)
 {
 	struct use_gate *gate = use_gate();

@@ -60,6 +60,7 @@ type AccelAccelStats struct {
 	TokenNoRoom      uint64
 	TokenUnconfirmed uint64
 	LonelyDirect     uint64
+	ShutdownWake     uint64
 }
 
 type AccelCidrKey struct {
@@ -216,6 +217,7 @@ const (
 	AccelUseReasonUSE_OOB      AccelUseReason = 4
 	AccelUseReasonUSE_RETIRE   AccelUseReason = 8
 	AccelUseReasonUSE_FIONREAD AccelUseReason = 16
+	AccelUseReasonUSE_SHUTDOWN AccelUseReason = 32
 )
 
 // Names of all BPF objects in the ELF.
@@ -245,6 +247,7 @@ const (
 	AccelProgSaDetSend        = "sa_det_send"
 	AccelProgSaDetSendfile    = "sa_det_sendfile"
 	AccelProgSaDetSendmsg     = "sa_det_sendmsg"
+	AccelProgSaDetShutdown    = "sa_det_shutdown"
 	AccelProgSaDetSplice      = "sa_det_splice"
 	AccelProgSaRedirect       = "sa_redirect"
 	AccelProgSaSetsockopt     = "sa_setsockopt"
@@ -258,6 +261,7 @@ const (
 	AccelVarUnusedSockFlags   = "unused_sock_flags"
 	AccelVarUnusedUseEvent    = "unused_use_event"
 	AccelVarUnusedUseReason   = "unused_use_reason"
+	AccelVarWokenWakeFn       = "woken_wake_fn"
 )
 
 // LoadAccel returns the embedded CollectionSpec for Accel.
@@ -308,6 +312,7 @@ type AccelProgramSpecs struct {
 	SaDetSend     *ebpf.ProgramSpec `ebpf:"sa_det_send"`
 	SaDetSendfile *ebpf.ProgramSpec `ebpf:"sa_det_sendfile"`
 	SaDetSendmsg  *ebpf.ProgramSpec `ebpf:"sa_det_sendmsg"`
+	SaDetShutdown *ebpf.ProgramSpec `ebpf:"sa_det_shutdown"`
 	SaDetSplice   *ebpf.ProgramSpec `ebpf:"sa_det_splice"`
 	SaRedirect    *ebpf.ProgramSpec `ebpf:"sa_redirect"`
 	SaSetsockopt  *ebpf.ProgramSpec `ebpf:"sa_setsockopt"`
@@ -350,6 +355,7 @@ type AccelVariableSpecs struct {
 	UnusedSockFlags   *ebpf.VariableSpec `ebpf:"unused_sock_flags"`
 	UnusedUseEvent    *ebpf.VariableSpec `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.VariableSpec `ebpf:"unused_use_reason"`
+	WokenWakeFn       *ebpf.VariableSpec `ebpf:"woken_wake_fn"`
 }
 
 // AccelObjects contains all objects after they have been loaded into the kernel.
@@ -426,6 +432,7 @@ type AccelVariables struct {
 	UnusedSockFlags   *ebpf.Variable `ebpf:"unused_sock_flags"`
 	UnusedUseEvent    *ebpf.Variable `ebpf:"unused_use_event"`
 	UnusedUseReason   *ebpf.Variable `ebpf:"unused_use_reason"`
+	WokenWakeFn       *ebpf.Variable `ebpf:"woken_wake_fn"`
 }
 
 // AccelPrograms contains all programs after they have been loaded into the kernel.
@@ -438,6 +445,7 @@ type AccelPrograms struct {
 	SaDetSend     *ebpf.Program `ebpf:"sa_det_send"`
 	SaDetSendfile *ebpf.Program `ebpf:"sa_det_sendfile"`
 	SaDetSendmsg  *ebpf.Program `ebpf:"sa_det_sendmsg"`
+	SaDetShutdown *ebpf.Program `ebpf:"sa_det_shutdown"`
 	SaDetSplice   *ebpf.Program `ebpf:"sa_det_splice"`
 	SaRedirect    *ebpf.Program `ebpf:"sa_redirect"`
 	SaSetsockopt  *ebpf.Program `ebpf:"sa_setsockopt"`
@@ -452,6 +460,7 @@ func (p *AccelPrograms) Close() error {
 		p.SaDetSend,
 		p.SaDetSendfile,
 		p.SaDetSendmsg,
+		p.SaDetShutdown,
 		p.SaDetSplice,
 		p.SaRedirect,
 		p.SaSetsockopt,

@@ -234,6 +234,9 @@ func (a *Datapath) start() error {
 	if err := setDaemonPIDNamespace(spec); err != nil {
 		return err
 	}
+	if err := setWokenWakeFunction(spec); err != nil {
+		return err
+	}
 
 	carried, err := carryValues(a.cfg.PinDir, spec.Maps)
 	if err != nil {
@@ -381,6 +384,7 @@ func (a *Datapath) detectTracepoints() map[string]*ebpf.Program {
 		"sys_enter_sendmmsg":   a.objs.SaDetSend,
 		"sys_enter_sendmsg":    a.objs.SaDetSendmsg,
 		"sys_enter_ioctl":      a.objs.SaDetIoctl,
+		"sys_enter_shutdown":   a.objs.SaDetShutdown,
 	}
 }
 
@@ -417,10 +421,10 @@ func (a *Datapath) attachDetect() error {
 		a.held.detectLinks[tp] = l
 	}
 	if a.cfg.DisableDetect {
-		a.log.Info("use detection off: splice, MSG_WAITALL and MSG_OOB are not watched")
+		a.log.Info("use detection off: splice, MSG_WAITALL, MSG_OOB and shutdown are not watched")
 	} else {
 		a.attachedLog = append(a.attachedLog, func() {
-			a.log.Debug("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg}"),
+			a.log.Debug("attached use detection", zap.String("tracepoints", "syscalls/sys_enter_{splice,sendfile64,recvfrom,recvmmsg,recvmsg,sendto,sendmmsg,sendmsg,shutdown}"),
 				zap.Bool("fionread", a.cfg.DetectFIONREAD))
 		})
 	}

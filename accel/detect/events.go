@@ -37,7 +37,8 @@ func New(dp *datapath.Datapath, log *zap.Logger) *Detector {
 // redirect path cannot serve while bytes redirected into it were unread.
 type UseEvent struct {
 	// "splice" (the connection stalls), "oob" (the urgent byte was
-	// misread), or "retire" (not a call: the connection left the fast path
+	// misread), "fionread" (it under-reported), "shutdown" (a blocking
+	// socket's own shutdown woke another thread's recv into EAGAIN), or "retire" (not a call: the connection left the fast path
 	// both ways for good, so its sockets can leave the sockhash).
 	Reason     string
 	Cookie     uint64 // the socket's cookie, as in Conn.Cookies
@@ -55,7 +56,7 @@ func useReasons(bits uint32) []string {
 	for _, r := range []struct {
 		bit  bpfobj.AccelUseReason
 		name string
-	}{{bpfobj.AccelUseReasonUSE_SPLICE, "splice"}, {bpfobj.AccelUseReasonUSE_WAITALL, "waitall"}, {bpfobj.AccelUseReasonUSE_OOB, "oob"}, {bpfobj.AccelUseReasonUSE_FIONREAD, "fionread"}} {
+	}{{bpfobj.AccelUseReasonUSE_SPLICE, "splice"}, {bpfobj.AccelUseReasonUSE_WAITALL, "waitall"}, {bpfobj.AccelUseReasonUSE_OOB, "oob"}, {bpfobj.AccelUseReasonUSE_FIONREAD, "fionread"}, {bpfobj.AccelUseReasonUSE_SHUTDOWN, "shutdown"}} {
 		if bits&uint32(r.bit) != 0 {
 			out = append(out, r.name)
 		}
@@ -124,6 +125,7 @@ var useMessages = map[string]string{
 	"splice":   "application spliced from an accelerated socket with redirected bytes unread; splice cannot return them, so this connection stalls",
 	"oob":      "application asked for urgent data (MSG_OOB) on an accelerated socket with redirected bytes unread; it got the first of those bytes instead, and that byte is gone from the stream",
 	"fionread": "application asked FIONREAD on an accelerated socket with redirected bytes unread; this kernel leaves those out, so the call reported too little",
+	"shutdown": "application shut down writing on a blocking accelerated socket while another of its threads slept on it; that thread's recv is woken and, with nothing queued, fails with EAGAIN",
 }
 
 // WatchEvents calls f for each detector event until ctx is done.
@@ -137,6 +139,8 @@ func (a *Detector) WatchEvents(ctx context.Context, f func(UseEvent)) error {
 			reason = "fionread"
 		case uint32(bpfobj.AccelUseReasonUSE_RETIRE):
 			reason = "retire"
+		case uint32(bpfobj.AccelUseReasonUSE_SHUTDOWN):
+			reason = "shutdown"
 		}
 		f(UseEvent{
 			Reason:     reason,

@@ -155,6 +155,7 @@ var useBits = map[string]bpfobj.AccelUseReason{
 	"splice":   bpfobj.AccelUseReasonUSE_SPLICE,
 	"oob":      bpfobj.AccelUseReasonUSE_OOB,
 	"fionread": bpfobj.AccelUseReasonUSE_FIONREAD,
+	"shutdown": bpfobj.AccelUseReasonUSE_SHUTDOWN,
 }
 
 // serviceOf finds the tracked connection one of whose ends has cookie and

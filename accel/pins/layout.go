@@ -42,6 +42,7 @@ var DetectTracepoints = []string{
 	"sys_enter_recvfrom", "sys_enter_recvmmsg", "sys_enter_recvmsg",
 	"sys_enter_sendto", "sys_enter_sendmmsg", "sys_enter_sendmsg",
 	"sys_enter_ioctl", // only with Config.DetectFIONREAD
+	"sys_enter_shutdown",
 }
 
 // Maps lists every map sockaccel pins by name: what the BPF object pins,

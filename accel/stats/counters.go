@@ -78,6 +78,7 @@ var Counters = []Counter{
 	{Key: "token_no_room", BPF: "TokenNoRoom", Metric: notAccelerated, Label: "token_no_room", Text: "token_no_room"},
 	{Key: "token_unconfirmed", BPF: "TokenUnconfirmed", Metric: notAccelerated, Label: "token_unconfirmed", Text: "token_unconfirmed"},
 	{Key: "lonely_direct", BPF: "LonelyDirect", Metric: "sockaccel_lonely_ends_direct_total"},
+	{Key: "shutdown_wake", BPF: "ShutdownWake", Metric: "sockaccel_shutdown_wake_total"},
 	// struct gc_state, kept by the daemon.
 	{Key: "closed_gc", Metric: "sockaccel_conntrack_closed_total", Label: "gc"},
 	{Key: "gc_runs", Metric: "sockaccel_conntrack_gc_runs_total"},
@@ -116,6 +117,7 @@ var families = []family{
 	{"sockaccel_rcvlowat_lowered_total", "SO_RCVLOWAT calls on sockets that had bytes redirected into them, applied as 1 so that no wait depends on those bytes.", ""},
 	{"sockaccel_oob_misread_total", "recv(MSG_OOB) calls on sockets holding redirected bytes, which returned an ordinary byte instead of the urgent one (that service is learned from then on with --learn-splice).", ""},
 	{"sockaccel_fionread_misread_total", "ioctl(FIONREAD) calls on sockets holding redirected bytes, on a kernel whose FIONREAD leaves those out, so it reported too little (that service is learned from then on with --learn-splice).", ""},
+	{"sockaccel_shutdown_wake_total", "shutdown(SHUT_WR or SHUT_RDWR) calls on blocking accelerated sockets while another thread slept on them, whose recv that wake-up ends with EAGAIN if nothing is queued (that service is learned from then on with --learn-splice).", ""},
 	{"sockaccel_directions_resumed_total", "Directions back on the fast path after the receiver read every byte that went through TCP.", ""},
 	{"sockaccel_conntrack_closed_total", "Conntrack entries removed, by what removed them.", "by"},
 	{"sockaccel_connections_retired_total", "Connections off the fast path both ways for good whose sockets left the sockhash, back to plain TCP.", ""},

@@ -138,6 +138,10 @@ type Stats struct {
 	// could reach them: their accepted end was refused, or conntrack was
 	// full. Plain TCP sockets again.
 	LonelyDirect uint64 `json:"lonely_direct"`
+	// shutdown(SHUT_WR/SHUT_RDWR) calls on blocking accelerated sockets
+	// while another thread slept on them: that thread's recv was woken
+	// into EAGAIN if nothing was queued.
+	ShutdownWake uint64 `json:"shutdown_wake"`
 }
 
 // ReadStatus reads the pins in pinDir. A pin dir with nothing in it reports

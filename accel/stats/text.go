@@ -46,6 +46,7 @@ var textLines = []textLine{
 	{label: "splice stalled", format: "%d", keys: []string{"splice_stalled"}},
 	{label: "urgent data misread", format: "%d", keys: []string{"oob_misread"}},
 	{label: "FIONREAD under-reported", format: "%d", keys: []string{"fionread_misread"}},
+	{label: "shutdown woke a reader", format: "%d", keys: []string{"shutdown_wake"}},
 	{label: "learned exclusion", rows: func(s *Status) []string {
 		var out []string
 		for _, l := range s.LearnedExclusions {

@@ -53,6 +53,20 @@ what a blocking reader sees when a connection changes path under it.
       a peer that is not accelerated, so that every send goes through TCP.
       Prints "ok SENT SENT_SHA256 GOT GOT_SHA256" or "error WHAT after GOT".
 
+  blockpeer.py halfclose-server ADDR PORT BYTES [peer [pause]]
+  blockpeer.py halfclose-client HOST PORT BYTES [peer [pause]]
+      One connection, accepted, or connected with a timeout and then
+      blocking (what --conservative accelerates), used the way a
+      thread-per-direction proxy uses its blocking sockets: one thread
+      sits in blocking recv until EOF while another sends BYTES and, once
+      the reader is asleep in recv, calls shutdown(SHUT_WR). With peer,
+      the other end instead: a polling socket (a timeout) that reads to
+      EOF first and only then sends BYTES and closes, so the proxy end's
+      reader is always asleep when its writer shuts down; with pause, it
+      answers 200 ms after EOF (a backend that takes its time), so that
+      reader is still asleep after the shutdown. Prints
+      "listening" (server), then "ok SENT GOT" or "error WHAT after GOT".
+
 Exit status 0 only if every connection said ok.
 """
 
@@ -191,11 +205,29 @@ def echo(addr, port, conns, flags=0, pause=0.0, opts=Opts([])):
     return all(r.startswith("ok") for r in results)
 
 
-def full_duplex(s, blocks, opts=None):
+def read_to_eof(s, h):
+    """Reads s to EOF into hash h; returns the bytes read, or the OSError
+    that ended it, with the bytes read before it as its got."""
+    got = 0
+    try:
+        while True:
+            data = s.recv(CHUNK)
+            if not data:
+                return got
+            h.update(data)
+            got += len(data)
+    except OSError as e:
+        e.got = got
+        return e
+
+
+def full_duplex(s, blocks, opts=None, wait_reader=False):
     """Sends blocks on one thread, then shuts down writing, while this one
-    reads to EOF in blocking recv; closes s. Returns an error line or None,
+    reads to EOF in blocking recv; closes s. With wait_reader, the shutdown
+    waits until this thread sleeps in recv. Returns an error line or None,
     the bytes read and their sha256."""
     send_err = []
+    reader = [threading.get_native_id()]
 
     def send():
         try:
@@ -204,6 +236,8 @@ def full_duplex(s, blocks, opts=None):
                     opts.sendall(s, block)
                 else:
                     s.sendall(block)
+            while wait_reader and len(reader) == 1 and not asleep_in_recv(reader[0]):
+                time.sleep(0.001)
             s.shutdown(socket.SHUT_WR)
         except OSError as e:
             send_err.append("send %s" % err_name(e))
@@ -211,17 +245,12 @@ def full_duplex(s, blocks, opts=None):
     w = threading.Thread(target=send)
     w.start()
     h = hashlib.sha256()
-    got = 0
     line = None
-    try:
-        while True:
-            data = s.recv(CHUNK)
-            if not data:
-                break
-            h.update(data)
-            got += len(data)
-    except OSError as e:
-        line = "error recv %s after %d" % (err_name(e), got)
+    got = read_to_eof(s, h)
+    if isinstance(got, OSError):
+        line = "error recv %s after %d" % (err_name(got), got.got)
+        got = got.got
+    reader.append("done")
     w.join()
     s.close()
     if line is None and send_err:
@@ -229,9 +258,12 @@ def full_duplex(s, blocks, opts=None):
     return line, got, h
 
 
-def lonely(mode, addr, port, size):
+def one_connection(server, addr, port, timeout=None):
+    """Accepts one connection on addr:port (server; prints "listening"
+    first) or connects to it with a timeout, as --conservative
+    accelerates; then sets timeout (None: blocking)."""
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    if mode == "lonely-server":
+    if server:
         ln = socket.socket(family, socket.SOCK_STREAM)
         ln.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         ln.bind((addr, port))
@@ -241,7 +273,12 @@ def lonely(mode, addr, port, size):
         ln.close()
     else:
         s = socket.create_connection((addr, port), timeout=30)
-        s.settimeout(None)  # blocking from here on
+    s.settimeout(timeout)
+    return s
+
+
+def lonely(mode, addr, port, size):
+    s = one_connection(mode == "lonely-server", addr, port)
     sent = hashlib.sha256()
 
     def blocks():
@@ -252,6 +289,56 @@ def lonely(mode, addr, port, size):
     line, got, h = full_duplex(s, blocks())
     if line is None:
         line = "ok %d %s %d %s" % (size, sent.hexdigest(), got, h.hexdigest())
+    print(line, flush=True)
+    return line.startswith("ok")
+
+
+RECVFROM = {"x86_64": 45, "aarch64": 207}
+
+
+def asleep_in_recv(tid):
+    """Whether thread tid of this process sleeps in recvfrom(2)."""
+    import platform
+    try:
+        with open("/proc/self/task/%d/stat" % tid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open("/proc/self/task/%d/syscall" % tid) as f:
+            nr = f.read().split()[0]
+    except OSError:
+        return False
+    return state == "S" and nr == str(RECVFROM.get(platform.machine(), -1))
+
+
+def halfclose(mode, addr, port, size, peer, pause=False):
+    s = one_connection(mode == "halfclose-server", addr, port, 600 if peer else None)
+    mine, theirs = ("peer", "proxy") if peer else ("proxy", "peer")
+    want = hashlib.sha256()
+    for block in pattern(theirs, size):
+        want.update(block)
+    if peer:
+        h = hashlib.sha256()
+        line = None
+        got = read_to_eof(s, h)
+        try:
+            if isinstance(got, OSError):
+                raise got
+            if pause:
+                time.sleep(0.2)
+            for block in pattern(mine, size):
+                s.sendall(block)
+        except OSError as e:
+            got = getattr(got, "got", got)
+            line = "error %s after %d" % (err_name(e), got)
+        s.close()
+    else:
+        line, got, h = full_duplex(s, pattern(mine, size), wait_reader=True)
+    if line is None:
+        if got != size:
+            line = "error short %d of %d" % (got, size)
+        elif h.digest() != want.digest():
+            line = "error corrupt %d bytes" % got
+        else:
+            line = "ok %d %d" % (size, got)
     print(line, flush=True)
     return line.startswith("ok")
 
@@ -367,6 +454,9 @@ def main():
                   socket.MSG_WAITALL if opts.has("waitall") else 0, 0.002 if opts.has("slow") else 0.0, opts)
     elif mode in ("lonely-server", "lonely-client"):
         ok = lonely(mode, sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif mode in ("halfclose-server", "halfclose-client"):
+        words = sys.argv[5:]
+        ok = halfclose(mode, sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "peer" in words, "pause" in words)
     elif mode == "duplex":
         words = sys.argv[6:]
         opts = Opts(words) if words not in ([], ["blocking"]) else None  # the original two modes

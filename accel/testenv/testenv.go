@@ -351,20 +351,21 @@ func PinTree(t testing.TB, dir string) []string {
 
 // DetectLinks counts the links on this host whose program is the use
 // detector of the sockaccel pinned at pinDir: a detector program whose maps
-// include that pin dir's use gate (program names are cut to 15
-// characters by the kernel; other tests' detectors do not count).
+// include that pin dir's config map, which every detector reads (program
+// names are cut to 15 characters by the kernel; other tests' detectors do
+// not count).
 func DetectLinks(t testing.TB, pinDir string) int {
 	t.Helper()
-	gate, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "sa_use_gate"), nil)
+	cfgMap, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "sa_config"), nil)
 	if err != nil {
-		t.Fatalf("load pinned use gate: %v", err)
+		t.Fatalf("load pinned config map: %v", err)
 	}
-	defer gate.Close()
-	mi, err := gate.Info()
+	defer cfgMap.Close()
+	mi, err := cfgMap.Info()
 	if err != nil {
 		t.Fatal(err)
 	}
-	gateID, _ := mi.ID()
+	configID, _ := mi.ID()
 	var n int
 	it := new(link.Iterator)
 	defer it.Close()
@@ -382,7 +383,7 @@ func DetectLinks(t testing.TB, pinDir string) int {
 		if err != nil || !strings.HasPrefix(pi.Name, "sa_det_") {
 			continue
 		}
-		if ids, ok := pi.MapIDs(); ok && slices.Contains(ids, gateID) {
+		if ids, ok := pi.MapIDs(); ok && slices.Contains(ids, configID) {
 			n++
 		}
 	}
